@@ -1,0 +1,89 @@
+using System.Runtime.InteropServices;
+
+namespace DirBackup.Native;
+
+/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask.</summary>
+internal static unsafe partial class Libc
+{
+    private const string Lib = "libc";
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct StatVfs
+    {
+        public ulong f_bsize;
+        public ulong f_frsize;
+        public ulong f_blocks;
+        public ulong f_bfree;
+        public ulong f_bavail;
+        public ulong f_files;
+        public ulong f_ffree;
+        public ulong f_favail;
+        public ulong f_fsid;
+        public ulong f_flag;
+        public ulong f_namemax;
+        public fixed int f_spare[6];
+    }
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct Flock
+    {
+        public short l_type;
+        public short l_whence;
+        public long l_start;
+        public long l_len;
+        public int l_pid;
+    }
+
+    public const int O_RDONLY = 0;
+    public const int O_DIRECTORY = 0x10000;
+    public const int O_CLOEXEC = 0x80000;
+    public const int F_OFD_SETLK = 37;
+    public const short F_WRLCK = 1;
+    public const short F_UNLCK = 2;
+    public const int EAGAIN = 11;
+    public const int EACCES = 13;
+    public const int EINTR = 4;
+
+    [LibraryImport(Lib, EntryPoint = "statvfs", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int statvfs(string path, out StatVfs buf);
+
+    [LibraryImport(Lib, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int open(string path, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "close", SetLastError = true)]
+    public static partial int close(int fd);
+
+    [LibraryImport(Lib, EntryPoint = "fsync", SetLastError = true)]
+    public static partial int fsync(int fd);
+
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int fcntl_lock(int fd, int cmd, ref Flock lk);
+
+    [LibraryImport(Lib, EntryPoint = "umask")]
+    public static partial uint umask(uint mask);
+
+    public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
+
+    /// <summary>fsync a directory so a rename or unlink in it survives a crash.</summary>
+    public static void FsyncDirectory(string path)
+    {
+        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            throw new IOException($"cannot open directory '{path}' to sync it: {Describe(errno)}");
+        }
+        try
+        {
+            if (fsync(fd) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw new IOException($"cannot sync directory '{path}': {Describe(errno)}");
+            }
+        }
+        finally
+        {
+            close(fd);
+        }
+    }
+}

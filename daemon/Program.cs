@@ -1,0 +1,71 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using DirBackup.Api;
+using DirBackup.Errors;
+using DirBackup.Logging;
+using DirBackup.Protocol;
+using DirBackup.Rpc;
+using DirBackup.Store;
+using Microsoft.Extensions.Logging;
+
+namespace DirBackup;
+
+public static class Program
+{
+    public static string Version { get; } =
+        typeof(Program).Assembly.GetName().Version is { } v ? $"{v.Major}.{v.Minor}.{v.Build}" : "0.0.0";
+
+    public static async Task<int> Main(string[] args)
+    {
+        var socket = new Option<string>("--socket")
+        {
+            Description = "Unix socket to listen on (ignored when systemd hands one over)",
+            DefaultValueFactory = _ => Environment.GetEnvironmentVariable("DIRBACKUP_SOCKET") ?? ServerSettings.DefaultSocketPath,
+        };
+        var logLevel = new Option<string>("--log-level")
+        {
+            Description = "debug, info, warn or error",
+            DefaultValueFactory = _ => "info",
+        };
+        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, logLevel };
+        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(logLevel)!));
+
+        var version = new Command("version", "Print the daemon and protocol versions");
+        version.SetAction(_ => Console.WriteLine($"dirbackupd {Version} (protocol {Catalog.Shared.ProtocolVersion})"));
+
+        var root = new RootCommand("dirbackupd: the daemon behind the pve-dirbackup Proxmox VE backup storage") { serve, version };
+        return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
+    }
+
+    private static async Task<int> ServeAsync(string socketPath, string logLevel)
+    {
+        using var loggers = SyslogConsole.CreateFactory(SyslogConsole.ParseLevel(logLevel));
+        var logger = loggers.CreateLogger("dirbackupd");
+        using var stopping = new CancellationTokenSource();
+        void Stop(PosixSignalContext context)
+        {
+            context.Cancel = true;
+            RpcLog.Stopping(logger, context.Signal.ToString());
+            stopping.Cancel();
+        }
+        using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
+        using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
+
+        var storeSettings = new StoreSettings();
+        var methods = MethodTable.From(
+            new SessionApi(Version, Catalog.Shared.ProtocolVersion),
+            new StorageApi(storeSettings),
+            new ProviderApi(storeSettings, Version));
+        var server = new RpcServer(new ServerSettings { SocketPath = StorageConfig.CheckPath(socketPath) }, methods, Catalog.Shared, loggers);
+        try
+        {
+            await server.RunAsync(stopping.Token).ConfigureAwait(false);
+            return 0;
+        }
+        catch (DirBackupException e)
+        {
+            RpcLog.Stopping(logger, e.Message);
+            return 1;
+        }
+    }
+}

@@ -1,0 +1,73 @@
+using DirBackup.Errors;
+using DirBackup.Native;
+
+namespace DirBackup.Store;
+
+public sealed partial class BackupStore
+{
+    private const string DeletingPrefix = ".deleting-";
+
+    /// <summary>
+    /// Removes a backup. Protected backups and backups another backup is layered on are refused: the latter
+    /// needs chain merging, which this daemon does not do yet. The directory first leaves the listing by one
+    /// rename, so a crash mid-delete never shows a half-deleted backup.
+    /// </summary>
+    public async Task DeleteAsync(VolumeName volume, CancellationToken cancellationToken)
+    {
+        string doomed;
+        using (await LockGuestIfPresentAsync(volume, cancellationToken).ConfigureAwait(false))
+        {
+            var manifest = ReadManifest(volume);
+            if (manifest.Protected)
+            {
+                throw new DirBackupException(ErrorCode.Protected, $"cannot remove protected backup '{volume}' on '{config.StoreId}': remove the protection first");
+            }
+            var dependents = ListBackups(volume.VmId)
+                .Where(b => b.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
+                .Select(b => b.Volume.ToString())
+                .ToList();
+            if (dependents.Count > 0)
+            {
+                throw new DirBackupException(ErrorCode.HasDependents,
+                    $"cannot remove backup '{volume}': {string.Join(", ", dependents)} {(dependents.Count == 1 ? "is" : "are")} based on it, and merging a base into its successor is not implemented yet; remove the newer backups first");
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            doomed = Path.Combine(GuestDir(volume.VmId), $"{DeletingPrefix}{volume.BackupDirName}-{Guid.NewGuid():N}");
+            Directory.Move(BackupDir(volume), doomed);
+            Libc.FsyncDirectory(GuestDir(volume.VmId));
+        }
+        RemoveTree(doomed);
+        RemoveDeletionLeftovers(volume.VmId);
+    }
+
+    /// <summary>A crash between the rename and the removal leaves a hidden directory; the next delete in that guest finishes it.</summary>
+    private void RemoveDeletionLeftovers(int vmid)
+    {
+        try
+        {
+            foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), DeletingPrefix + "*"))
+            {
+                Directory.Delete(dir, recursive: true);
+            }
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            // Another delete of this guest may be removing the same leftover right now; the next one retries.
+        }
+    }
+
+    private static void RemoveTree(string path)
+    {
+        try
+        {
+            Directory.Delete(path, recursive: true);
+        }
+        catch (DirectoryNotFoundException)
+        {
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw DirBackupException.Io($"backup removed from the listing, but deleting its files failed: {e.Message}");
+        }
+    }
+}

@@ -1,0 +1,106 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using DirBackup.Errors;
+using DirBackup.Native;
+
+namespace DirBackup.Store;
+
+/// <summary>
+/// One storage directory: <c>&lt;path&gt;/&lt;vmid&gt;/&lt;type&gt;-&lt;epoch&gt;/manifest.json</c> per committed backup.
+/// Names starting with a dot (staging, locks, deletions in progress) are never backups.
+/// </summary>
+public sealed partial class BackupStore(StorageConfig config, StoreSettings settings)
+{
+    private const string LockFileName = ".lock";
+
+    public StorageConfig Config => config;
+    public string Root => config.Path;
+
+    public string GuestDir(int vmid) => Path.Combine(config.Path, vmid.ToString(CultureInfo.InvariantCulture));
+    public string BackupDir(VolumeName volume) => Path.Combine(GuestDir(volume.VmId), volume.BackupDirName);
+
+    /// <summary>Fails clearly, in bounded time, when the storage path is missing or not a directory.</summary>
+    public Task EnsureAvailableAsync(CancellationToken cancellationToken) =>
+        Bounded.RunAsync(CheckRootIsDirectory, settings.ActivationTimeout, $"storage path '{Root}'", cancellationToken);
+
+    private bool CheckRootIsDirectory()
+    {
+        FileSystemInfo info = new DirectoryInfo(Root);
+        if (!info.Exists)
+        {
+            if (File.Exists(Root))
+            {
+                throw DirBackupException.StorageUnavailable($"storage path '{Root}' is not a directory");
+            }
+            throw DirBackupException.StorageUnavailable($"storage path '{Root}' does not exist (is the backup filesystem mounted?)");
+        }
+        return true;
+    }
+
+    public async Task<StorageStatus> StatusAsync(CancellationToken cancellationToken)
+    {
+        return await Bounded.RunAsync(() =>
+        {
+            CheckRootIsDirectory();
+            if (Libc.statvfs(Root, out var vfs) != 0)
+            {
+                int errno = Marshal.GetLastPInvokeError();
+                throw DirBackupException.StorageUnavailable($"cannot read usage of '{Root}': {Libc.Describe(errno)}");
+            }
+            long unit = (long)vfs.f_frsize;
+            long total = (long)vfs.f_blocks * unit;
+            long free = (long)vfs.f_bfree * unit;
+            long avail = (long)vfs.f_bavail * unit;
+            return new StorageStatus(total, avail, total - free, true);
+        }, settings.StatusTimeout, $"storage path '{Root}'", cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>The manifest of a committed backup, or not-found.</summary>
+    public Manifest ReadManifest(VolumeName volume)
+    {
+        var file = Path.Combine(BackupDir(volume), Manifest.FileName);
+        try
+        {
+            return Manifest.FromBytes(File.ReadAllBytes(file));
+        }
+        catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
+        {
+            throw DirBackupException.NotFound($"backup '{volume}' does not exist on storage '{config.StoreId}'");
+        }
+        catch (JsonException e)
+        {
+            throw DirBackupException.Io($"manifest of backup '{volume}' is damaged: {e.Message}");
+        }
+    }
+
+    public void WriteManifest(VolumeName volume, Manifest manifest) =>
+        AtomicFile.Write(Path.Combine(BackupDir(volume), Manifest.FileName), manifest.ToBytes());
+
+    /// <summary>The per-guest lock for short changes: manifest edits, deletion, chain changes.</summary>
+    public Task<FileLock> LockGuestAsync(int vmid, CancellationToken cancellationToken) =>
+        FileLock.AcquireAsync(Path.Combine(GuestDir(vmid), LockFileName), $"guest {vmid} on storage '{config.StoreId}'", settings.LockWait, cancellationToken);
+
+    /// <summary>Reads one of a backup's files by the name its manifest records; names are checked to stay inside the backup.</summary>
+    public byte[]? ReadBackupFile(VolumeName volume, string? fileName)
+    {
+        if (fileName is null)
+        {
+            return null;
+        }
+        if (fileName.Length == 0 || fileName.Contains('/') || fileName.StartsWith('.'))
+        {
+            throw DirBackupException.Io($"manifest of backup '{volume}' names an invalid file '{fileName}'");
+        }
+        try
+        {
+            return File.ReadAllBytes(Path.Combine(BackupDir(volume), fileName));
+        }
+        catch (FileNotFoundException)
+        {
+            throw DirBackupException.Io($"backup '{volume}' lacks its file '{fileName}'");
+        }
+    }
+}
+
+public readonly record struct StorageStatus(long Total, long Avail, long Used, bool Active);
