@@ -255,18 +255,20 @@ sub _connection {
         }
     }
 
+    my $path = socket_path();
+    _drop() if $conn && $conn->{path} ne $path;
+
     # A daemon restart or an abandoned call leaves the cached socket at EOF; find out now instead
     # of failing the caller's call.
     _drop() if $conn && !_alive($conn);
 
-    $conn = _connect($deadline, $method, $timeout) if !$conn;
+    $conn = _connect($path, $deadline, $method, $timeout) if !$conn;
     return $conn;
 }
 
 sub _connect {
-    my ($deadline, $method, $timeout) = @_;
+    my ($path, $deadline, $method, $timeout) = @_;
 
-    my $path = socket_path();
     my $fh = IO::Socket::UNIX->new(Type => SOCK_STREAM, Blocking => 0)
         or die "unable to create socket for dirbackupd: $!\n";
 
@@ -282,7 +284,7 @@ sub _connect {
         die $NOT_RUNNING;
     }
 
-    my $c = { fh => $fh, pid => $$, buf => '', next_id => 1 };
+    my $c = { fh => $fh, path => $path, pid => $$, buf => '', next_id => 1 };
 
     my $hello_deadline = Time::HiRes::time() + $TIMEOUT{hello};
     my ($d, $t, $m) = ($hello_deadline, $TIMEOUT{hello}, 'hello');

@@ -1,0 +1,105 @@
+using System.Text;
+using System.Text.Json.Nodes;
+using DirBackup.Store;
+
+namespace DirBackup.Tests.Infrastructure;
+
+/// <summary>
+/// Prepares a storage directory holding committed backups, written with the daemon's own manifest type, so the
+/// tests of listing, attributes and deletion run before the backup paths exist.
+/// </summary>
+public sealed class StorageBuilder
+{
+    public StorageBuilder(string root, string storeId = "test")
+    {
+        Root = root;
+        StoreId = storeId;
+        Directory.CreateDirectory(root);
+    }
+
+    public string Root { get; }
+    public string StoreId { get; }
+    public List<PreparedBackup> Backups { get; } = [];
+
+    public JsonObject Scfg => new() { ["type"] = "dirbackup", ["path"] = Root, ["content"] = new JsonObject { ["backup"] = 1 } };
+
+    public PreparedBackup AddVm(int vmid, long time, string? parent = null, string? notes = null, bool isProtected = false, int diskBytes = 4096)
+    {
+        var volume = new VolumeName(vmid, GuestType.Qemu, time);
+        var dir = Path.Combine(Root, vmid.ToString(System.Globalization.CultureInfo.InvariantCulture), volume.BackupDirName);
+        Directory.CreateDirectory(dir);
+        var config = Encoding.UTF8.GetBytes($"# vm {vmid}\nmemory: 2048\nscsi0: local:{vmid}/disk.qcow2,size=4G\n#qmdump#map:scsi0:drive-scsi0:local:qcow2:\n");
+        config = [.. config, 0xC3, 0xA9, 0x00, 0xFF, (byte)'\n'];
+        File.WriteAllBytes(Path.Combine(dir, "guest.conf"), config);
+        File.WriteAllBytes(Path.Combine(dir, "drive-scsi0.qcow2"), new byte[diskBytes]);
+        var manifest = new Manifest
+        {
+            VmId = vmid,
+            Type = "qemu",
+            BackupTime = time,
+            Size = config.Length + diskBytes,
+            Notes = notes,
+            Protected = isProtected,
+            GuestConfig = "guest.conf",
+            Devices = [new ManifestDevice { Name = "drive-scsi0", Size = 4L << 30, File = "drive-scsi0.qcow2", Parent = parent is null ? null : $"qemu-{parent}" }],
+        };
+        File.WriteAllBytes(Path.Combine(dir, Manifest.FileName), manifest.ToBytes());
+        var prepared = new PreparedBackup(volume, dir, manifest, config);
+        Backups.Add(prepared);
+        return prepared;
+    }
+
+    public PreparedBackup AddContainer(int vmid, long time, string archive = "archive.tar")
+    {
+        var volume = new VolumeName(vmid, GuestType.Lxc, time);
+        var dir = Path.Combine(Root, vmid.ToString(System.Globalization.CultureInfo.InvariantCulture), volume.BackupDirName);
+        Directory.CreateDirectory(dir);
+        var config = Encoding.UTF8.GetBytes($"arch: amd64\nhostname: ct{vmid}\nunprivileged: 1\n");
+        var firewall = Encoding.UTF8.GetBytes("[OPTIONS]\nenable: 1\n");
+        File.WriteAllBytes(Path.Combine(dir, "guest.conf"), config);
+        File.WriteAllBytes(Path.Combine(dir, "firewall.conf"), firewall);
+        File.WriteAllBytes(Path.Combine(dir, archive), new byte[10240]);
+        var manifest = new Manifest
+        {
+            VmId = vmid,
+            Type = "lxc",
+            BackupTime = time,
+            Size = config.Length + firewall.Length + 10240,
+            Archive = archive,
+            GuestConfig = "guest.conf",
+            FirewallConfig = "firewall.conf",
+        };
+        File.WriteAllBytes(Path.Combine(dir, Manifest.FileName), manifest.ToBytes());
+        var prepared = new PreparedBackup(volume, dir, manifest, config);
+        Backups.Add(prepared);
+        return prepared;
+    }
+
+    /// <summary>What the Perl end-to-end test reads to know which backups it should find (DIRBACKUP_E2E).</summary>
+    public JsonObject Describe()
+    {
+        var backups = new JsonArray();
+        foreach (var b in Backups)
+        {
+            var parent = b.Manifest.Parents.FirstOrDefault();
+            backups.Add(new JsonObject
+            {
+                ["volname"] = b.Volume.ToString(),
+                ["vmid"] = b.Volume.VmId,
+                ["subtype"] = b.Volume.Type.Name(),
+                ["ctime"] = b.Volume.BackupTime,
+                ["size"] = b.Manifest.Size,
+                ["notes"] = b.Manifest.Notes,
+                ["protected"] = b.Manifest.Protected,
+                ["parent"] = parent is null ? null : $"backup/{b.Volume.VmId}/{parent}",
+                ["guest-config-base64"] = Convert.ToBase64String(b.GuestConfig),
+            });
+        }
+        return new JsonObject { ["storeid"] = StoreId, ["scfg"] = Scfg, ["backups"] = backups };
+    }
+}
+
+public sealed record PreparedBackup(VolumeName Volume, string Directory, Manifest Manifest, byte[] GuestConfig)
+{
+    public string VolName => Volume.ToString();
+}
