@@ -20,7 +20,7 @@ use Time::HiRes ();
 use base qw(Exporter);
 
 our @EXPORT_OK = qw(
-    untaint_volname untaint_int untaint_path untaint_word untaint_bool
+    untaint_volname untaint_int untaint_path untaint_word
     encode_bytes decode_bytes json_bool plain_data param_int
 );
 
@@ -130,7 +130,7 @@ sub socket_path {
     my $path = $ENV{DIRBACKUP_SOCKET};
     return $DEFAULT_SOCKET if !defined($path) || $path eq '';
     # The environment is tainted and names what we connect to: accept only a plain absolute path.
-    if ($path =~ m!^(/[A-Za-z0-9._\-/]{1,106})$! && $path !~ m!(?:^|/)\.\.(?:/|$)!) {
+    if ($path =~ m!^(/[A-Za-z0-9._\-/]{1,106})\z! && $path !~ m!(?:^|/)\.\.(?:/|$)!) {
         return $1;
     }
     die "DIRBACKUP_SOCKET is not a plain absolute path\n";
@@ -143,21 +143,25 @@ sub socket_path {
 sub untaint_volname {
     my ($value, $what) = @_;
     return undef if !defined($value);
-    return $1 if $value =~ m!^([a-zA-Z0-9\-.+=_/:]+)$!;
+    if ($value =~ m!^([a-zA-Z0-9\-.+=_/:]+)\z!) {
+        my $name = $1;
+        # volume names end up in paths on the PVE side too: no way up the tree
+        return $name if !grep { $_ eq '..' } split(m!/!, $name);
+    }
     _invalid($what // 'volume name', $value);
 }
 
 sub untaint_int {
     my ($value, $what) = @_;
     return undef if !defined($value);
-    return int($1) if "$value" =~ m/^(-?\d+)$/;
+    return int($1) if "$value" =~ m/^(-?\d+)\z/;
     _invalid($what // 'integer', $value);
 }
 
 sub untaint_path {
     my ($value, $what) = @_;
     return undef if !defined($value);
-    if ($value =~ m!^(/[^\0\n]*)$!) {
+    if ($value =~ m!^(/[^\0\n]*)\z!) {
         my $path = $1;
         return $path if !grep { $_ eq '..' } split(m!/!, $path);
     }
@@ -168,14 +172,8 @@ sub untaint_path {
 sub untaint_word {
     my ($value, $what) = @_;
     return undef if !defined($value);
-    return $1 if $value =~ m/^([a-z0-9\-]+)$/;
+    return $1 if $value =~ m/^([a-z0-9\-]+)\z/;
     _invalid($what // 'name', $value);
-}
-
-# JSON true/false (or 1/0) to Perl's 1/0; PVE tests booleans for truth only.
-sub untaint_bool {
-    my ($value) = @_;
-    return $value ? 1 : 0;
 }
 
 # ---- byte strings --------------------------------------------------------------------------

@@ -75,6 +75,12 @@ public sealed class StorageBuilder
         return prepared;
     }
 
+    /// <summary>Every backup file with its hash, to prove a refused call changed nothing; lock files are not backup state.</summary>
+    public string Snapshot() => string.Join("\n", Directory.EnumerateFileSystemEntries(Root, "*", SearchOption.AllDirectories)
+        .Where(p => Path.GetFileName(p) != ".lock")
+        .Order(StringComparer.Ordinal)
+        .Select(p => File.Exists(p) ? $"{p} {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(p)))}" : p));
+
     /// <summary>What the Perl end-to-end test reads to know which backups it should find (DIRBACKUP_E2E).</summary>
     public JsonObject Describe()
     {

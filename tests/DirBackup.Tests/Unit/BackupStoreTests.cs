@@ -22,11 +22,7 @@ public sealed class BackupStoreTests : IDisposable
 
     private static JsonElement Value(string json) => JsonDocument.Parse(json).RootElement.Clone();
 
-    /// <summary>Every backup file and its hash; lock files are not backup state.</summary>
-    private string Snapshot() => string.Join("\n", Directory.EnumerateFileSystemEntries(_storage.Root, "*", SearchOption.AllDirectories)
-        .Where(p => Path.GetFileName(p) != ".lock")
-        .Order(StringComparer.Ordinal)
-        .Select(p => File.Exists(p) ? $"{p} {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(p)))}" : p));
+    private string Snapshot() => _storage.Snapshot();
 
     [Fact]
     public void Lists_committed_backups_and_skips_staging_and_foreign_directories()

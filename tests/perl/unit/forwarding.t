@@ -308,6 +308,7 @@ subtest 'protected attribute' => sub {
     is($p[0]->{value}, JSON::true, "protected '1' sent as true");
     is($p[1]->{value}, JSON::false, 'protected 0 sent as false');
     is($p[2]->{value}, '', 'empty notes sent as an empty string (clears them)');
+    $d->stop;
 
     my $d2 = DirBackupTest::FakeDaemon->new(handler => sub {
         my ($req) = @_;

@@ -137,7 +137,7 @@ sub status {
             ? (_int($r->{total}), _int($r->{avail}), _int($r->{used}), $r->{active} ? 1 : 0)
             : ();
     };
-    return @res == 4 && !grep { !defined } @res ? @res : (0, 0, 0, 0);
+    return (@res == 4 && !grep { !defined } @res) ? @res : (0, 0, 0, 0);
 }
 
 # ---- volume names and listing ----------------------------------------------------------

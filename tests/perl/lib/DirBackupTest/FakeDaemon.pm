@@ -6,9 +6,11 @@ package DirBackupTest::FakeDaemon;
 # the shim, which sends one call at a time per connection.
 #
 #   my $d = DirBackupTest::FakeDaemon->new(handler => sub { my ($req, $conn) = @_; ... });
+#   (options: socket => $path to listen on a given path, accept => 0 to listen and never accept)
 #   # $ENV{DIRBACKUP_SOCKET} now points at it
 #   $d->requests;   # [{ conn, peer_pid, method, params, id }, ...] in arrival order, hello included
 #   $d->events;     # [{ event => 'closed', conn }, ...]
+#   $d->stop;       # also when it goes out of scope; DIRBACKUP_SOCKET goes back to what it was
 #
 # The handler returns a list of actions (empty list: the default answer, a hello reply for hello
 # and a null result otherwise):
@@ -40,13 +42,15 @@ sub new {
     ($dir) = $dir =~ m!^(/[\w./\-]+)$! or die "odd tempdir\n";
     my $self = bless {
         dir => $dir,
-        socket => "$dir/dirbackupd.sock",
+        socket => $opts{socket} // "$dir/dirbackupd.sock",
         log => "$dir/requests.jsonl",
         owner => $$,
         handler => $opts{handler},
         accept => $opts{accept} // 1,
+        previous_socket => $ENV{DIRBACKUP_SOCKET},
     }, $class;
 
+    unlink($self->{socket});
     my $listener = IO::Socket::UNIX->new(Type => SOCK_STREAM, Local => $self->{socket}, Listen => 16)
         or die "fake daemon: cannot listen on $self->{socket}: $!\n";
     open(my $fh, '>', $self->{log}) or die "fake daemon: $!\n";
@@ -104,6 +108,14 @@ sub stop {
     waitpid($self->{pid}, 0);
     delete $self->{pid};
     unlink($self->{socket});
+    # nested daemons: the enclosing test's daemon is the one to talk to again
+    if (defined($ENV{DIRBACKUP_SOCKET}) && $ENV{DIRBACKUP_SOCKET} eq $self->{socket}) {
+        if (defined($self->{previous_socket})) {
+            $ENV{DIRBACKUP_SOCKET} = $self->{previous_socket};
+        } else {
+            delete $ENV{DIRBACKUP_SOCKET};
+        }
+    }
     return;
 }
 
