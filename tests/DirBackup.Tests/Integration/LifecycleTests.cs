@@ -1,0 +1,76 @@
+using System.Net.Sockets;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Integration;
+
+/// <summary>Start, permissions and stop of a daemon of its own (these tests stop it).</summary>
+public sealed class LifecycleTests : IDisposable
+{
+    private readonly TempDir _dir = new("dirbackupd-life");
+
+    public void Dispose() => _dir.Dispose();
+
+    [Fact]
+    public async Task The_socket_is_root_only_in_a_private_directory()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite, File.GetUnixFileMode(socket));
+        Assert.Equal(UnixFileMode.UserRead | UnixFileMode.UserWrite | UnixFileMode.UserExecute, File.GetUnixFileMode(Path.GetDirectoryName(socket)!));
+    }
+
+    [Fact]
+    public async Task Sigterm_stops_cleanly_and_removes_the_socket()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        using (var client = LineClient.Connect(socket))
+        {
+            Assert.Equal(0, await daemon.TerminateAsync());
+        }
+        Assert.False(File.Exists(socket));
+        Assert.Contains("<6>dirbackupd: stopping: SIGTERM", daemon.Output, StringComparison.Ordinal);
+        Assert.Contains("<6>dirbackupd: stopped", daemon.Output, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_stale_socket_file_is_replaced_and_a_live_one_is_not_taken_over()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        Directory.CreateDirectory(Path.GetDirectoryName(socket)!);
+        using (var stale = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified))
+        {
+            stale.Bind(new UnixDomainSocketEndPoint(socket));
+        }
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        using (LineClient.Connect(socket))
+        {
+        }
+
+        var second = System.Diagnostics.Process.Start(new System.Diagnostics.ProcessStartInfo("dotnet", ["exec", DaemonProcess.DaemonDll, "serve", "--socket", socket]) { RedirectStandardOutput = true })!;
+        var output = await second.StandardOutput.ReadToEndAsync();
+        await second.WaitForExitAsync();
+        Assert.Equal(1, second.ExitCode);
+        Assert.Contains($"another dirbackupd already listens on {socket}", output, StringComparison.Ordinal);
+        using (LineClient.Connect(socket))
+        {
+        }
+    }
+
+    [Fact]
+    public async Task Every_log_line_carries_a_syslog_priority()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        using (var client = LineClient.Connect(socket))
+        {
+            client.Fail("free_image", Json.Params(("storeid", "x"), ("scfg", new System.Text.Json.Nodes.JsonObject { ["path"] = "/nonexistent" }), ("volname", "backup/x")));
+        }
+        await daemon.WaitForOutputAsync("free_image from pid");
+        await daemon.TerminateAsync();
+        var lines = daemon.Output.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.NotEmpty(lines);
+        Assert.All(lines, line => Assert.Matches("^<[2-7]>dirbackupd: ", line));
+    }
+}
