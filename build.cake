@@ -1,0 +1,80 @@
+// Build, test, benchmark and package pve-dirbackup. Run through ./build.sh <Target>.
+var target = Argument("target", "Test");
+var configuration = Argument("configuration", "Release");
+var root = MakeAbsolute(Directory("."));
+var buildDir = root.Combine(".build");
+
+// Everything the project and its tests use on the system side (DESIGN.md, MACHINE-NOTES.md).
+var aptPackages = new[] {
+    "perl", "libjson-perl", "libjson-xs-perl", "systemd", "util-linux",
+    "qemu-utils", "qemu-system-common", "libnbd0", "libnbd-bin",
+    "squashfs-tools", "squashfuse", "fuse3", "uidmap", "attr", "acl", "cstream", "tar",
+};
+
+int Run(string tool, string args, string workingDirectory = null)
+{
+    var settings = new ProcessSettings { Arguments = args, WorkingDirectory = workingDirectory ?? root.FullPath };
+    return StartProcess(tool, settings);
+}
+
+void MustRun(string tool, string args, string workingDirectory = null)
+{
+    var code = Run(tool, args, workingDirectory);
+    if (code != 0)
+        throw new Exception($"{tool} {args} failed with exit code {code}");
+}
+
+Task("Setup")
+    .Description("Install the Debian packages the project needs, when they are missing; restore NuGet packages")
+    .Does(() =>
+{
+    var missing = aptPackages.Where(p => Run("sh", $"-c \"dpkg-query -W -f='${{Status}}' {p} 2>/dev/null | grep -q 'ok installed'\"") != 0).ToList();
+    if (missing.Count > 0)
+    {
+        Information($"installing: {string.Join(" ", missing)}");
+        var sudo = Run("sh", "-c \"[ $(id -u) -eq 0 ]\"") == 0 ? "" : "sudo ";
+        MustRun("sh", $"-c \"{sudo}apt-get update -qq && DEBIAN_FRONTEND=noninteractive {sudo}apt-get install -y -qq --no-install-recommends {string.Join(" ", missing)}\"");
+    }
+    MustRun("dotnet", "restore pve-dirbackup.slnx");
+});
+
+Task("Build")
+    .IsDependentOn("Setup")
+    .Does(() =>
+{
+    MustRun("dotnet", $"build pve-dirbackup.slnx -c {configuration} --no-restore");
+    foreach (var module in GetFiles("perl-shim/**/*.pm"))
+        MustRun("perl", $"-T -c -I perl-shim -I tests/perl/lib {module.FullPath}");
+});
+
+Task("Test")
+    .Description("Every test: xunit (unit, integration over a real socket, Perl end to end) and the Perl unit tests under prove -T")
+    .IsDependentOn("Build")
+    .Does(() =>
+{
+    MustRun("prove", "-I perl-shim -I tests/perl/lib -r tests/perl/unit");
+    MustRun("dotnet", $"test pve-dirbackup.slnx -c {configuration} --no-build --logger \"console;verbosity=normal\"");
+});
+
+Task("Bench")
+    .Description("Benchmarks: prints figures and ratios against reference runs made on this machine in the same run")
+    .IsDependentOn("Build")
+    .Does(() =>
+{
+    MustRun("dotnet", $"run --project tests/DirBackup.Bench -c {configuration} --no-build -- {root.FullPath}");
+});
+
+Task("Run")
+    .Description("Serve a storage in .build/run/storage on .build/run/dirbackupd.sock until Ctrl-C")
+    .IsDependentOn("Build")
+    .Does(() =>
+{
+    var run = buildDir.Combine("run");
+    EnsureDirectoryExists(run.Combine("storage"));
+    var socket = run.CombineWithFilePath("dirbackupd.sock").FullPath;
+    Information($"storage path: {run.Combine("storage").FullPath}");
+    Information($"try: DIRBACKUP_SOCKET={socket} perl -I perl-shim -I tests/perl/lib tools/dirbackup-demo {run.Combine("storage").FullPath}");
+    MustRun("dotnet", $"daemon/bin/{configuration}/net10.0/dirbackupd.dll serve --socket {socket}");
+});
+
+RunTarget(target);
