@@ -34,6 +34,7 @@ public sealed partial class BackupStore
             cancellationToken.ThrowIfCancellationRequested();
             doomed = Path.Combine(GuestDir(volume.VmId), $"{DeletingPrefix}{volume.BackupDirName}-{Guid.NewGuid():N}");
             Directory.Move(BackupDir(volume), doomed);
+            ManifestCache.Invalidate(GuestDir(volume.VmId));
             Libc.FsyncDirectory(GuestDir(volume.VmId));
         }
         RemoveTree(doomed);

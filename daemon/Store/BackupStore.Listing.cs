@@ -1,4 +1,5 @@
 using System.Globalization;
+using System.IO.Enumeration;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using DirBackup.Errors;
@@ -26,30 +27,66 @@ public sealed partial class BackupStore
                 }
             }
         }
-        result.Sort((a, b) => string.CompareOrdinal(a.Volume.ToString(), b.Volume.ToString()));
-        return result;
+        return result.OrderBy(b => b.Volume.ToString(), StringComparer.Ordinal).ToList();
     }
 
     private void ListGuest(int vmid, List<BackupEntry> result, Action<string>? warn)
     {
-        foreach (var dir in EnumerateDirectories(GuestDir(vmid)))
+        var guestDir = GuestDir(vmid);
+        var previous = ManifestCache.Get(guestDir);
+        var current = new ManifestCache.GuestEntries();
+        foreach (var (dirName, mtime) in EnumerateBackupDirectories(guestDir))
         {
-            var volume = VolumeName.FromDirectory(vmid, Path.GetFileName(dir));
-            if (volume is not VolumeName name)
+            if (VolumeName.FromDirectory(vmid, dirName) is not VolumeName name)
             {
                 continue;
             }
-            Manifest manifest;
-            try
+            if (previous is null || !previous.Backups.TryGetValue(dirName, out var cached) || cached.DirectoryMTimeTicks != mtime)
             {
-                manifest = Manifest.FromBytes(File.ReadAllBytes(Path.Combine(dir, Manifest.FileName)));
+                var file = Path.Combine(guestDir, dirName, Manifest.FileName);
+                try
+                {
+                    cached = new ManifestCache.CachedManifest(mtime, Manifest.FromBytes(File.ReadAllBytes(file)));
+                }
+                catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException)
+                {
+                    warn?.Invoke($"skipping '{Path.Combine(guestDir, dirName)}': no readable manifest ({e.Message})");
+                    continue;
+                }
             }
-            catch (Exception e) when (e is IOException or JsonException or UnauthorizedAccessException)
+            current.Backups[dirName] = cached;
+            result.Add(new BackupEntry(name, cached.Manifest));
+        }
+        if (current.Backups.Count == 0)
+        {
+            ManifestCache.Forget(guestDir);
+        }
+        else
+        {
+            ManifestCache.Set(guestDir, current);
+        }
+    }
+
+    /// <summary>Subdirectories with their mtime, from one lstat each.</summary>
+    private static List<(string Name, long MTimeTicks)> EnumerateBackupDirectories(string guestDir)
+    {
+        try
+        {
+            var entries = new FileSystemEnumerable<(string, long)>(guestDir,
+                (ref FileSystemEntry entry) => (entry.FileName.ToString(), entry.LastWriteTimeUtc.UtcTicks),
+                new EnumerationOptions { RecurseSubdirectories = false, AttributesToSkip = 0, IgnoreInaccessible = false })
             {
-                warn?.Invoke($"skipping '{dir}': no readable manifest ({e.Message})");
-                continue;
-            }
-            result.Add(new BackupEntry(name, manifest));
+                ShouldIncludePredicate = (ref FileSystemEntry entry) => entry.IsDirectory && entry.FileName.Length > 0 && entry.FileName[0] != '.',
+            };
+            return entries.ToList();
+        }
+        catch (DirectoryNotFoundException)
+        {
+            return [];
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw DirBackupException.Io($"cannot list '{guestDir}': {e.Message}");
         }
     }
 

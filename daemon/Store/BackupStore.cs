@@ -74,8 +74,11 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
         }
     }
 
-    public void WriteManifest(VolumeName volume, Manifest manifest) =>
+    public void WriteManifest(VolumeName volume, Manifest manifest)
+    {
         AtomicFile.Write(Path.Combine(BackupDir(volume), Manifest.FileName), manifest.ToBytes());
+        ManifestCache.Invalidate(GuestDir(volume.VmId));
+    }
 
     /// <summary>The per-guest lock for short changes: manifest edits, deletion, chain changes.</summary>
     public Task<FileLock> LockGuestAsync(int vmid, CancellationToken cancellationToken) =>

@@ -13,8 +13,7 @@ use IO::Select;
 use IO::Socket::UNIX;
 use JSON;
 use MIME::Base64 qw(encode_base64 decode_base64);
-use POSIX ();
-use Socket qw(PF_UNIX SOCK_STREAM MSG_NOSIGNAL pack_sockaddr_un);
+use Socket qw(SOCK_STREAM MSG_NOSIGNAL pack_sockaddr_un);
 use Time::HiRes ();
 
 use base qw(Exporter);
@@ -98,8 +97,9 @@ our %TIMEOUT = (
 
 my $json = JSON->new->utf8->allow_nonref;
 
-# The one connection of this process: { fh, pid, buf, next_id }. PVE forks a lot (API handler to
-# task worker, vzdump to the container's userns child), so the pid that opened it is recorded.
+# The one connection of this process: { fh, path, pid, buf, next_id, inherited }. PVE forks a lot
+# (API handler to task worker, vzdump to the container's userns child), so the pid that opened it
+# is recorded.
 my $conn;
 
 # ---- public API ------------------------------------------------------------------------------
@@ -405,6 +405,8 @@ sub _wait_reply {
             die "dirbackupd sent a message that is not JSON\n" if !defined($msg) || ref($msg) ne 'HASH';
 
             if (!defined($msg->{id})) {
+                # an error about a line the daemon could not read (it closes the connection next)
+                die _error_message($msg->{error}) if exists $msg->{error};
                 _notification($msg, $log);
                 next;
             }

@@ -62,6 +62,28 @@ public sealed class BackupStoreTests : IDisposable
     }
 
     [Fact]
+    public async Task A_listing_shows_changes_made_right_after_the_previous_listing()
+    {
+        var b = _storage.AddVm(100, 1700000000);
+        Assert.Null(_store.ListBackups(100).Single().Manifest.Notes);
+        await _store.UpdateAttributeAsync(b.Volume, "notes", Value("\"changed\""), default);
+        Assert.Equal("changed", _store.ListBackups(100).Single().Manifest.Notes);
+    }
+
+    [Fact]
+    public void A_listing_notices_a_manifest_another_node_replaced()
+    {
+        var b = _storage.AddVm(100, 1700000000);
+        Assert.Null(_store.ListBackups(100).Single().Manifest.Notes);
+        var replaced = Manifest.FromBytes(File.ReadAllBytes(Path.Combine(b.Directory, Manifest.FileName)));
+        replaced.Notes = "from node 2";
+        File.WriteAllBytes(Path.Combine(b.Directory, "manifest.json.new"), replaced.ToBytes());
+        File.Move(Path.Combine(b.Directory, "manifest.json.new"), Path.Combine(b.Directory, Manifest.FileName), overwrite: true);
+        Directory.SetLastWriteTimeUtc(b.Directory, DateTime.UtcNow.AddSeconds(5));
+        Assert.Equal("from node 2", _store.ListBackups(100).Single().Manifest.Notes);
+    }
+
+    [Fact]
     public async Task Notes_round_trip_as_text_and_an_empty_string_clears_them()
     {
         var b = _storage.AddVm(100, 1700000000);

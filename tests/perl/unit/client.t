@@ -60,6 +60,8 @@ subtest 'daemon errors die with a one-line message' => sub {
         return [error => 1007, "backup 'backup/100/qemu-1700000000' is protected\nsecond line\n"]
             if $req->{method} eq 'free_image';
         return [error => 1016, ''] if $req->{method} eq 'create_base';
+        return [raw => qq({"jsonrpc":"2.0","id":null,"error":{"code":-32700,"message":"parse error"}}\n)]
+            if $req->{method} eq 'on_delete_hook';
         return;
     });
     eval { $plugin->free_image('st1', $SCFG, $VOLNAME) };
@@ -67,6 +69,8 @@ subtest 'daemon errors die with a one-line message' => sub {
     eval { $plugin->create_base('st1', $SCFG, $VOLNAME) };
     is($@, "dirbackupd failed (error 1016)\n", 'empty message: the code is still reported');
     is(scalar(@{ $d->requests }), 3, 'an error reply keeps the connection (one hello)');
+    eval { $plugin->on_delete_hook('st1', $SCFG) };
+    is($@, "parse error\n", 'an error without id (the daemon could not read us) ends the call');
 };
 
 subtest 'daemon not running: the exact message' => sub {
