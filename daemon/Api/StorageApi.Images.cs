@@ -67,8 +67,10 @@ public sealed partial class StorageApi
     [RpcMethod("on_add_hook")]
     private Task<object?> OnAddHook(RpcArgs args, CallContext context) => CheckConfig(args);
 
+    /// <summary>With api() &lt; 13 PVE passes only the changed options here, never the fixed path.</summary>
     [RpcMethod("on_update_hook")]
-    private Task<object?> OnUpdateHook(RpcArgs args, CallContext context) => CheckConfig(args);
+    private Task<object?> OnUpdateHook(RpcArgs args, CallContext context) =>
+        args.Element("scfg").TryGetProperty("path", out _) ? CheckConfig(args) : Done();
 
     [RpcMethod("on_update_hook_full")]
     private Task<object?> OnUpdateHookFull(RpcArgs args, CallContext context) => CheckConfig(args);

@@ -193,6 +193,18 @@ public abstract class StorageMethodsScenario(DaemonFixture daemon)
     }
 
     [Fact]
+    public void Config_hooks_accept_what_pve_passes_and_check_the_path()
+    {
+        var storage = daemon.NewStorage();
+        using var client = daemon.Connect();
+        Assert.Null(client.Call("on_add_hook", Json.Params(storage)));
+        Assert.Null(client.Call("on_update_hook", Json.Params(("storeid", "test"), ("scfg", new JsonObject { ["nodes"] = "pve1" }))));
+        Assert.Null(client.Call("on_update_hook_full", Json.Params(storage, ("update", new JsonObject { ["nodes"] = "pve1" }), ("delete", new JsonArray()))));
+        var e = client.Fail("on_add_hook", Json.Params(("storeid", "x"), ("scfg", new JsonObject { ["path"] = "backups" })));
+        Assert.Equal("storage path 'backups' is not an absolute path", e.Message);
+    }
+
+    [Fact]
     public void Provider_methods_of_later_releases_say_honestly_they_are_not_there_yet()
     {
         var storage = daemon.NewStorage();
