@@ -93,4 +93,25 @@ Task("Run")
     daemon.WaitForExit();
 });
 
+Task("Package")
+    .Description("Build .build/pve-dirbackup_<version>_amd64.deb: self-contained daemon, Perl plugin, systemd units")
+    .IsDependentOn("Test")
+    .Does(() =>
+{
+    var version = XmlPeek("daemon/DirBackup.Daemon.csproj", "/Project/PropertyGroup/Version");
+    var pkg = buildDir.Combine("pkg");
+    CleanDirectory(pkg);
+    MustRun("dotnet", $"publish daemon -c {configuration} -r linux-x64 --self-contained -o {pkg.Combine("usr/lib/pve-dirbackup").FullPath}");
+    CopyDirectory("perl-shim", pkg.Combine("usr/share/perl5"));
+    EnsureDirectoryExists(pkg.Combine("lib/systemd/system"));
+    CopyFiles(new[] { "debian/dirbackupd.service", "debian/dirbackupd.socket" }.Select(f => new FilePath(f)), pkg.Combine("lib/systemd/system"));
+    EnsureDirectoryExists(pkg.Combine("usr/share/doc/pve-dirbackup"));
+    CopyFile("README.md", pkg.CombineWithFilePath("usr/share/doc/pve-dirbackup/README.md"));
+    EnsureDirectoryExists(pkg.Combine("DEBIAN"));
+    System.IO.File.WriteAllText(pkg.CombineWithFilePath("DEBIAN/control").FullPath, System.IO.File.ReadAllText("debian/control").Replace("@VERSION@", version));
+    CopyFiles(new[] { "debian/postinst", "debian/prerm" }.Select(f => new FilePath(f)), pkg.Combine("DEBIAN"));
+    MustRun("chmod", $"755 {pkg.Combine("DEBIAN").FullPath}/postinst {pkg.Combine("DEBIAN").FullPath}/prerm");
+    MustRun("dpkg-deb", $"--root-owner-group --build {pkg.FullPath} {buildDir.CombineWithFilePath($"pve-dirbackup_{version}_amd64.deb").FullPath}");
+});
+
 RunTarget(target);
