@@ -1,6 +1,7 @@
 using System.CommandLine;
 using System.Runtime.InteropServices;
 using DirBackup.Api;
+using DirBackup.Backup;
 using DirBackup.Errors;
 using DirBackup.Logging;
 using DirBackup.Protocol;
@@ -22,13 +23,18 @@ public static class Program
             Description = "Unix socket to listen on (ignored when systemd hands one over)",
             DefaultValueFactory = _ => Environment.GetEnvironmentVariable("DIRBACKUP_SOCKET") ?? ServerSettings.DefaultSocketPath,
         };
+        var runtimeDir = new Option<string>("--runtime-dir")
+        {
+            Description = "directory for private sockets of qemu-storage-daemon children",
+            DefaultValueFactory = _ => new BackupSettings().RuntimeDir,
+        };
         var logLevel = new Option<string>("--log-level")
         {
             Description = "debug, info, warn or error",
             DefaultValueFactory = _ => "info",
         };
-        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, logLevel };
-        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(logLevel)!));
+        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, runtimeDir, logLevel };
+        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(runtimeDir)!, result.GetValue(logLevel)!));
 
         var version = new Command("version", "Print the daemon and protocol versions");
         version.SetAction(_ => Console.WriteLine($"dirbackupd {Version} (protocol {Catalog.Shared.ProtocolVersion})"));
@@ -37,7 +43,7 @@ public static class Program
         return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
     }
 
-    private static async Task<int> ServeAsync(string socketPath, string logLevel)
+    private static async Task<int> ServeAsync(string socketPath, string runtimeDir, string logLevel)
     {
         using var loggers = SyslogConsole.CreateFactory(SyslogConsole.ParseLevel(logLevel));
         var logger = loggers.CreateLogger("dirbackupd");
@@ -52,10 +58,11 @@ public static class Program
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
 
         var storeSettings = new StoreSettings();
+        var backupSettings = new BackupSettings { RuntimeDir = StorageConfig.CheckPath(runtimeDir) };
         var methods = MethodTable.From(
             new SessionApi(Version, Catalog.Shared.ProtocolVersion),
             new StorageApi(storeSettings),
-            new ProviderApi(storeSettings, Version));
+            new ProviderApi(storeSettings, backupSettings, new BackupSessions(), Version));
         var server = new RpcServer(new ServerSettings { SocketPath = StorageConfig.CheckPath(socketPath) }, methods, Catalog.Shared, loggers);
         try
         {

@@ -1,3 +1,5 @@
+using System.Text.Json;
+using DirBackup.Backup;
 using DirBackup.Errors;
 using DirBackup.Rpc;
 using DirBackup.Store;
@@ -8,8 +10,10 @@ namespace DirBackup.Api;
 /// The backup-provider methods (PVE-API.md 3.2). Reading what a committed backup holds works now; the
 /// backup and restore paths answer, honestly, that this daemon version does not have them yet.
 /// </summary>
-public sealed class ProviderApi(StoreSettings settings, string daemonVersion)
+public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, string daemonVersion)
 {
+    private readonly VmBackup vmBackup = new(backupSettings);
+
     private BackupStore Open(RpcArgs args) => new(args.Storage(), settings);
 
     [RpcMethod("restore_get_mechanism")]
@@ -48,14 +52,169 @@ public sealed class ProviderApi(StoreSettings settings, string daemonVersion)
         return Task.FromResult<object?>(bytes is null ? null : Convert.ToBase64String(bytes));
     }
 
-    [RpcMethod("job_init")] private Task<object?> JobInit(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("job_cleanup")] private Task<object?> JobCleanup(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("backup_init")] private Task<object?> BackupInit(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("backup_cleanup")] private Task<object?> BackupCleanup(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("backup_get_mechanism")] private Task<object?> BackupGetMechanism(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("backup_handle_log_file")] private Task<object?> BackupHandleLogFile(RpcArgs args, CallContext context) => NotYet(args, "backups");
-    [RpcMethod("backup_vm_query_incremental")] private Task<object?> BackupVmQueryIncremental(RpcArgs args, CallContext context) => NotYet(args, "VM backups");
-    [RpcMethod("backup_vm")] private Task<object?> BackupVm(RpcArgs args, CallContext context) => NotYet(args, "VM backups");
+    [RpcMethod("job_init")]
+    private async Task<object?> JobInit(RpcArgs args, CallContext context)
+    {
+        args.Integer("start-time");
+        await Open(args).EnsureAvailableAsync(context.CancellationToken).ConfigureAwait(false);
+        return null;
+    }
+
+    [RpcMethod("job_cleanup")]
+    private Task<object?> JobCleanup(RpcArgs args, CallContext context)
+    {
+        sessions.EndAll(Open(args).Root, context.Connection);
+        return Task.FromResult<object?>(null);
+    }
+
+    [RpcMethod("backup_init")]
+    private async Task<object?> BackupInit(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var vmid = args.VmId();
+        var type = GuestTypeOf(args.String("vmtype"));
+        long start = args.Integer("start-time");
+        if (start < 0)
+        {
+            throw DirBackupException.InvalidParams($"backup_init: start-time {start} is not a Unix time");
+        }
+        await store.EnsureAvailableAsync(context.CancellationToken).ConfigureAwait(false);
+        var session = await sessions.StartAsync(store, new VolumeName(vmid, type, start), context.Connection, context.Connection.Closed).ConfigureAwait(false);
+        return new Dictionary<string, string> { ["archive-name"] = session.Volume.ArchiveName };
+    }
+
+    [RpcMethod("backup_get_mechanism")]
+    private Task<object?> BackupGetMechanism(RpcArgs args, CallContext context)
+    {
+        Open(args);
+        args.VmId();
+        return GuestTypeOf(args.String("vmtype")) == GuestType.Qemu
+            ? Task.FromResult<object?>("nbd")
+            : NotYet(args, "container backups");
+    }
+
+    [RpcMethod("backup_vm_query_incremental")]
+    private Task<object?> BackupVmQueryIncremental(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var vmid = args.VmId();
+        var volumes = args.Element("volumes");
+        if (VmMode(args) == "full")
+        {
+            return Task.FromResult<object?>(null);
+        }
+        var record = IncrementalRecord.Read(store, vmid);
+        var answer = new Dictionary<string, string>();
+        foreach (var device in volumes.EnumerateObject())
+        {
+            var name = VmBackup.CheckDeviceName(device.Name);
+            long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && s.TryGetInt64(out long n) ? n : -1;
+            answer[name] = record.UsableParent(store, vmid, name, size) is null ? "new" : "use";
+        }
+        return Task.FromResult<object?>(answer);
+    }
+
+    [RpcMethod("backup_vm")]
+    private async Task<object?> BackupVm(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var vmid = args.VmId();
+        var session = sessions.Find(store, vmid)
+            ?? throw DirBackupException.InvalidParams($"backup_vm for guest {vmid} without backup_init on storage '{store.Config.StoreId}'");
+        if (session.Volume.Type != GuestType.Qemu || session.Committed || session.Running)
+        {
+            throw DirBackupException.InvalidParams($"backup_vm: the backup '{session.Volume}' started by backup_init is not a VM backup waiting for its data");
+        }
+        session.Running = true;
+        try
+        {
+            await vmBackup.RunAsync(session, args, context).ConfigureAwait(false);
+        }
+        finally
+        {
+            session.Running = false;
+            if (context.Connection.Closed.IsCancellationRequested)
+            {
+                sessions.End(session);
+            }
+        }
+        return null;
+    }
+
+    [RpcMethod("backup_cleanup")]
+    private Task<object?> BackupCleanup(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var vmid = args.OptionalVmId();
+        var session = vmid is int id ? sessions.FindAny(store, id) : null;
+        bool success = args.Boolean("success");
+        if (session is null)
+        {
+            if (success)
+            {
+                throw DirBackupException.InvalidParams($"backup_cleanup: no backup of guest {vmid} is in progress on storage '{store.Config.StoreId}'");
+            }
+            return Task.FromResult<object?>(Stats(0));
+        }
+        if (!session.Committed)
+        {
+            session.Finish();
+            if (success)
+            {
+                throw DirBackupException.InvalidParams($"backup_cleanup: backup '{session.Volume}' has no data; backup_vm did not complete");
+            }
+            return Task.FromResult<object?>(Stats(0));
+        }
+        // Committed: it stays even when vzdump reports a later failure, since QEMU has already moved its bitmap on.
+        var size = store.ReadManifest(session.Volume).Size;
+        session.Finish();
+        return Task.FromResult<object?>(Stats(size));
+    }
+
+    [RpcMethod("backup_handle_log_file")]
+    private async Task<object?> BackupHandleLogFile(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var vmid = args.VmId();
+        var file = args.String("filename");
+        var session = sessions.FindAny(store, vmid);
+        if (session is null || !session.Committed)
+        {
+            if (session is not null)
+            {
+                sessions.End(session);
+            }
+            return null;
+        }
+        try
+        {
+            await LogFile.KeepAsync(file, session, backupSettings.MaxLogFileBytes, context.CancellationToken).ConfigureAwait(false);
+        }
+        catch (DirBackupException e)
+        {
+            await context.WarnAsync($"the task log was not stored with the backup: {e.Message}").ConfigureAwait(false);
+        }
+        finally
+        {
+            sessions.End(session);
+        }
+        return null;
+    }
+
+    private static Dictionary<string, object> Stats(long archiveSize) =>
+        new() { ["stats"] = new Dictionary<string, long> { ["archive-size"] = archiveSize } };
+
+    private static GuestType GuestTypeOf(string vmtype) =>
+        GuestTypes.TryParse(vmtype, out var type) ? type : throw DirBackupException.InvalidParams($"unknown guest type '{vmtype}' (qemu or lxc)");
+
+    /// <summary>Storage option dirbackup-vm-mode: incremental (default) or full (every backup reads the whole disk).</summary>
+    private static string VmMode(RpcArgs args)
+    {
+        var scfg = args.Element("scfg");
+        var mode = scfg.TryGetProperty("dirbackup-vm-mode", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString()! : "incremental";
+        return mode is "incremental" or "full" ? mode : throw DirBackupException.InvalidParams($"dirbackup-vm-mode '{mode}' is neither incremental nor full");
+    }
+
     [RpcMethod("backup_container_prepare")] private Task<object?> BackupContainerPrepare(RpcArgs args, CallContext context) => NotYet(args, "container backups");
     [RpcMethod("backup_container")] private Task<object?> BackupContainer(RpcArgs args, CallContext context) => NotYet(args, "container backups");
     [RpcMethod("restore_vm_init")] private Task<object?> RestoreVmInit(RpcArgs args, CallContext context) => NotYet(args, "VM restores");
@@ -69,6 +228,6 @@ public sealed class ProviderApi(StoreSettings settings, string daemonVersion)
     {
         Open(args);
         throw new DirBackupException(ErrorCode.NotImplementedYet,
-            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version lists, annotates and deletes backups only");
+            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up VMs and lists, annotates and deletes backups");
     }
 }

@@ -59,6 +59,28 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl_lock(int fd, int cmd, ref Flock lk);
 
+    [LibraryImport(Lib, EntryPoint = "kill", SetLastError = true)]
+    public static partial int kill(int pid, int signal);
+
+    [LibraryImport(Lib, EntryPoint = "lstat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    private static partial int lstat(string path, byte* buf);
+
+    /// <summary>lstat's file type bits (S_IFMT); .NET reports a socket only as "not a regular file".</summary>
+    public static int FileType(string path)
+    {
+        byte* buf = stackalloc byte[256];
+        if (lstat(path, buf) != 0)
+        {
+            return -1;
+        }
+        // x86_64 struct stat: st_mode follows st_dev, st_ino and st_nlink (8 bytes each).
+        return *(int*)(buf + 24) & 0xF000;
+    }
+
+    public const int S_IFSOCK = 0xC000;
+    public const int S_IFREG = 0x8000;
+    public const int S_IFLNK = 0xA000;
+
     [LibraryImport(Lib, EntryPoint = "umask")]
     public static partial uint umask(uint mask);
 

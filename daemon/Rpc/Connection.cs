@@ -33,6 +33,11 @@ public sealed class Connection
 
     public PeerCredentials Peer { get; }
 
+    private readonly CancellationTokenSource _closed = new();
+
+    /// <summary>Cancelled when the client goes away: state a vzdump process left behind is abandoned then.</summary>
+    public CancellationToken Closed => _closed.Token;
+
     public static readonly JsonSerializerOptions WireOptions = new()
     {
         DefaultIgnoreCondition = System.Text.Json.Serialization.JsonIgnoreCondition.Never,
@@ -89,6 +94,7 @@ public sealed class Connection
         }
         rpc.Dispose();
         CloseSocket();
+        await _closed.CancelAsync().ConfigureAwait(false);
     }
 
     /// <summary>Writes an error reply outside JsonRpc, for a connection JsonRpc has already given up on (or never took).</summary>

@@ -1,0 +1,287 @@
+using System.Globalization;
+using System.Text.Json;
+using System.Text.RegularExpressions;
+using DirBackup.Errors;
+using DirBackup.Native;
+using DirBackup.Qemu;
+using DirBackup.Rpc;
+using DirBackup.Store;
+
+namespace DirBackup.Backup;
+
+/// <summary>One device of backup_vm's <c>$volumes</c>, checked.</summary>
+public sealed record VmDevice(string Name, long Size, string NbdPath, string BitmapMode, string? BitmapName)
+{
+    public string ImageFile => Name + ".qcow2";
+    public string DigestFile => Name + ".digests";
+}
+
+/// <summary>
+/// backup_vm: every device copied into a qcow2 image (backed by the same device of the parent backup for an
+/// incremental), then the backup committed by one rename after data, manifest and directories are synced;
+/// only then the incremental record moves on. A failure before the rename leaves nothing behind.
+/// </summary>
+public sealed partial class VmBackup(BackupSettings settings)
+{
+    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")]
+    private static partial Regex DeviceNamePattern();
+
+    public static string CheckDeviceName(string name) =>
+        DeviceNamePattern().IsMatch(name) && !name.Contains("..", StringComparison.Ordinal)
+            ? name
+            : throw DirBackupException.InvalidParams($"device name '{Printable(name)}' is not a QEMU drive id");
+
+    private static string Printable(string s) => new(s.Select(c => char.IsControl(c) ? '?' : c).Take(80).ToArray());
+
+    public static List<VmDevice> ParseVolumes(JsonElement volumes)
+    {
+        var devices = new List<VmDevice>();
+        foreach (var property in volumes.EnumerateObject())
+        {
+            var name = CheckDeviceName(property.Name);
+            var v = property.Value;
+            if (v.ValueKind != JsonValueKind.Object)
+            {
+                throw DirBackupException.InvalidParams($"device '{name}': expected an object with size, nbd-path and bitmap-mode");
+            }
+            long size = v.TryGetProperty("size", out var s) && s.TryGetInt64(out long n) && n > 0
+                ? n : throw DirBackupException.InvalidParams($"device '{name}': size must be a positive integer");
+            var nbdPath = v.TryGetProperty("nbd-path", out var p) && p.ValueKind == JsonValueKind.String
+                ? p.GetString()! : throw DirBackupException.InvalidParams($"device '{name}': nbd-path is missing (only the nbd mechanism is supported)");
+            var mode = v.TryGetProperty("bitmap-mode", out var m) && m.ValueKind == JsonValueKind.String ? m.GetString()! : "none";
+            if (mode is not ("none" or "new" or "reuse"))
+            {
+                throw DirBackupException.InvalidParams($"device '{name}': unknown bitmap-mode '{Printable(mode)}'");
+            }
+            string? bitmap = v.TryGetProperty("bitmap-name", out var b) && b.ValueKind == JsonValueKind.String ? b.GetString() : null;
+            if (mode == "reuse" && string.IsNullOrEmpty(bitmap))
+            {
+                throw DirBackupException.InvalidParams($"device '{name}': bitmap-mode reuse without a bitmap-name");
+            }
+            CheckSocket(name, nbdPath);
+            devices.Add(new VmDevice(name, size, nbdPath, mode, bitmap));
+        }
+        if (devices.Count == 0)
+        {
+            throw DirBackupException.InvalidParams("backup_vm: no devices to back up");
+        }
+        return devices.OrderBy(d => d.Name, StringComparer.Ordinal).ToList();
+    }
+
+    private static void CheckSocket(string device, string path)
+    {
+        if (path.Length == 0 || path[0] != '/' || path.Any(char.IsControl))
+        {
+            throw DirBackupException.InvalidParams($"device '{device}': nbd-path '{Printable(path)}' is not an absolute path");
+        }
+        int type = Libc.FileType(path);
+        if (type == -1)
+        {
+            throw DirBackupException.InvalidParams($"device '{device}': nbd-path '{path}' does not exist");
+        }
+        if (type != Libc.S_IFSOCK)
+        {
+            throw DirBackupException.InvalidParams($"device '{device}': nbd-path '{path}' is not a Unix socket");
+        }
+    }
+
+    public async Task RunAsync(GuestBackup session, RpcArgs args, CallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        var store = session.Store;
+        var vmid = session.Volume.VmId;
+        var devices = ParseVolumes(args.Element("volumes"));
+        var info = args.Element("info");
+        var firewall = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("firewall-config", out var fw) && fw.ValueKind == JsonValueKind.String
+            ? DecodeBytes(fw.GetString()!, "info.firewall-config") : null;
+        long limit = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("bandwidth-limit", out var bw) && bw.TryGetInt64(out long l) && l > 0 ? l : 0;
+        var record = IncrementalRecord.Read(store, vmid);
+        var parents = devices.ToDictionary(d => d.Name, d => ParentOf(d, record, store, vmid));
+        var limiter = limit > 0 ? new BandwidthLimiter(limit) : null;
+
+        var staging = session.StagingDir;
+        try
+        {
+            WriteFile(Path.Combine(staging, "guest.conf"), args.Bytes("guest-config"));
+            if (firewall is not null)
+            {
+                WriteFile(Path.Combine(staging, "firewall.conf"), firewall);
+            }
+            var manifestDevices = new List<ManifestDevice>();
+            foreach (var device in devices)
+            {
+                manifestDevices.Add(await CopyDeviceAsync(session, device, parents[device.Name], limiter, context).ConfigureAwait(false));
+            }
+            cancellationToken.ThrowIfCancellationRequested();
+            var manifest = new Manifest
+            {
+                VmId = vmid,
+                Type = "qemu",
+                BackupTime = session.Volume.BackupTime,
+                GuestConfig = "guest.conf",
+                FirewallConfig = firewall is null ? null : "firewall.conf",
+                Devices = manifestDevices,
+            };
+            Commit(session, manifest);
+        }
+        catch
+        {
+            session.RemoveStaging();
+            throw;
+        }
+        await UpdateRecordAsync(session, devices, cancellationToken: CancellationToken.None).ConfigureAwait(false);
+    }
+
+    private static string? ParentOf(VmDevice device, IncrementalRecord record, BackupStore store, int vmid)
+    {
+        if (device.BitmapMode != "reuse")
+        {
+            return null;
+        }
+        return record.UsableParent(store, vmid, device.Name, device.Size)
+            ?? throw DirBackupException.Io($"device '{device.Name}': QEMU's bitmap is relative to a backup this storage no longer has (or the disk was resized); the next backup of this guest will be full");
+    }
+
+    private async Task<ManifestDevice> CopyDeviceAsync(GuestBackup session, VmDevice device, string? parent, BandwidthLimiter? limiter, CallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        var image = Path.Combine(session.StagingDir, device.ImageFile);
+        var backing = parent is null ? null : $"../{parent}/{device.ImageFile}";
+        byte[]? parentDigests = parent is null ? null : TryRead(Path.Combine(session.Store.GuestDir(session.Volume.VmId), parent, device.DigestFile));
+        await context.InfoAsync(parent is null
+            ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
+            : $"{device.Name}: incremental backup of {Units.Bytes(device.Size)} on top of {parent}").ConfigureAwait(false);
+        await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
+
+        var stats = new CopyStats();
+        byte[] digests;
+        var target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, cancellationToken).ConfigureAwait(false);
+        await using (target.ConfigureAwait(false))
+        {
+            var progress = new ProgressReporter(stats, context.InfoAsync, settings.ProgressInterval);
+            await using (progress.ConfigureAwait(false))
+            {
+                progress.Start();
+                digests = await DiskCopier.CopyAsync(new DiskCopyRequest
+                {
+                    SourceSocket = device.NbdPath,
+                    SourceExport = device.Name,
+                    DirtyBitmap = parent is null ? null : device.BitmapName,
+                    Size = device.Size,
+                    TargetSocket = target.SocketPath,
+                    TargetExport = StorageDaemon.ExportName,
+                    HasBacking = parent is not null,
+                    ParentDigests = parentDigests,
+                    Limiter = limiter,
+                    Workers = settings.CopyWorkers,
+                }, stats, message => _ = context.WarnAsync(message), cancellationToken).ConfigureAwait(false);
+                await context.InfoAsync(progress.Line()).ConfigureAwait(false);
+                await target.StopAsync().ConfigureAwait(false);
+                await LogSummaryAsync(context, device, stats, progress.Elapsed).ConfigureAwait(false);
+            }
+        }
+        SyncFile(image);
+        WriteFile(Path.Combine(session.StagingDir, device.DigestFile), digests);
+        return new ManifestDevice
+        {
+            Name = device.Name,
+            Size = device.Size,
+            File = device.ImageFile,
+            Parent = parent,
+            Extra = new Dictionary<string, JsonElement>
+            {
+                ["digests"] = JsonSerializer.SerializeToElement(device.DigestFile),
+                ["digest-algorithm"] = JsonSerializer.SerializeToElement("xxh128"),
+                ["chunk-size"] = JsonSerializer.SerializeToElement(CopyPlan.ChunkSize),
+                ["bytes-read"] = JsonSerializer.SerializeToElement(stats.Read),
+            },
+        };
+    }
+
+    private static async Task LogSummaryAsync(CallContext context, VmDevice device, CopyStats stats, TimeSpan elapsed)
+    {
+        await context.InfoAsync($"backup is sparse: {Units.Bytes(stats.ZeroBytes)} ({Units.Percent(stats.ZeroBytes, device.Size)}%) total zero data").ConfigureAwait(false);
+        if (stats.Kept > 0)
+        {
+            await context.InfoAsync($"backup was done incrementally, reused {Units.Bytes(stats.Kept)} ({Units.Percent(stats.Kept, device.Size)}%)").ConfigureAwait(false);
+        }
+        double seconds = Math.Max(elapsed.TotalSeconds, 0.001);
+        await context.InfoAsync($"transferred {Units.Bytes(stats.ToTransfer)} in {(int)Math.Round(seconds)} seconds ({Units.Bytes(stats.ToTransfer / seconds)}/s)").ConfigureAwait(false);
+    }
+
+    /// <summary>Everything synced, then one rename: from here on the backup exists even if vzdump fails later.</summary>
+    private static void Commit(GuestBackup session, Manifest manifest)
+    {
+        var staging = session.StagingDir;
+        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
+        var manifestPath = Path.Combine(staging, Manifest.FileName);
+        WriteFile(manifestPath, manifest.ToBytes());
+        Libc.FsyncDirectory(staging);
+        Directory.Move(staging, session.FinalDir);
+        Libc.FsyncDirectory(session.Store.GuestDir(session.Volume.VmId));
+        session.Committed = true;
+        ManifestCache.Invalidate(session.Store.GuestDir(session.Volume.VmId));
+    }
+
+    /// <summary>QEMU's bitmap for each device is now relative to this backup; a device without a bitmap has no base any more.</summary>
+    private static async Task UpdateRecordAsync(GuestBackup session, List<VmDevice> devices, CancellationToken cancellationToken)
+    {
+        var store = session.Store;
+        int vmid = session.Volume.VmId;
+        using (await store.LockGuestAsync(vmid, cancellationToken).ConfigureAwait(false))
+        {
+            var record = IncrementalRecord.Read(store, vmid);
+            foreach (var device in devices)
+            {
+                if (device.BitmapMode == "none")
+                {
+                    record.Devices.Remove(device.Name);
+                }
+                else
+                {
+                    record.Devices[device.Name] = new IncrementalDevice { Backup = session.Volume.BackupDirName, Size = device.Size };
+                }
+            }
+            record.Write(store, vmid);
+        }
+    }
+
+    private static byte[] DecodeBytes(string base64, string what)
+    {
+        try
+        {
+            return Convert.FromBase64String(base64);
+        }
+        catch (FormatException)
+        {
+            throw DirBackupException.InvalidParams($"{what} is not base64");
+        }
+    }
+
+    private static byte[]? TryRead(string path)
+    {
+        try
+        {
+            return File.ReadAllBytes(path);
+        }
+        catch (IOException)
+        {
+            return null;
+        }
+    }
+
+    public static void WriteFile(string path, ReadOnlySpan<byte> content)
+    {
+        using var fs = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        fs.Write(content);
+        fs.Flush(flushToDisk: true);
+    }
+
+    private static void SyncFile(string path)
+    {
+        using var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
+        fs.Flush(flushToDisk: true);
+    }
+
+    public static string Invariant(long value) => value.ToString(CultureInfo.InvariantCulture);
+}

@@ -1,0 +1,214 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.InteropServices;
+using DirBackup.Errors;
+
+namespace DirBackup.Nbd;
+
+/// <summary>
+/// One libnbd connection to one export. Calls are synchronous and a handle serialises them, so the copy
+/// engine opens one connection per worker to keep many requests in flight.
+/// </summary>
+public sealed unsafe class NbdClient : IDisposable
+{
+    private nint _handle;
+    private readonly string _describe;
+
+    private NbdClient(nint handle, string describe)
+    {
+        _handle = handle;
+        _describe = describe;
+    }
+
+    public const string BaseAllocation = "base:allocation";
+    public static string DirtyBitmapContext(string bitmapName) => "qemu:dirty-bitmap:" + bitmapName;
+
+    public long Size { get; private set; }
+    public bool CanTrim { get; private set; }
+    public bool CanZero { get; private set; }
+    public bool CanFlush { get; private set; }
+    public bool ReadOnly { get; private set; }
+
+    /// <summary>Connects to <paramref name="exportName"/> on a Unix socket, asking for the given meta contexts.</summary>
+    public static NbdClient Connect(string socketPath, string exportName, params string[] metaContexts)
+    {
+        var describe = $"NBD export '{exportName}' on {socketPath}";
+        nint h = LibNbd.nbd_create();
+        if (h == 0)
+        {
+            throw DirBackupException.Io($"cannot create an NBD handle: {LibNbd.LastError()}");
+        }
+        var client = new NbdClient(h, describe);
+        try
+        {
+            client.Check(LibNbd.nbd_set_handle_name(h, "dirbackupd"), "set handle name");
+            client.Check(LibNbd.nbd_set_export_name(h, exportName), "set export name");
+            foreach (var context in metaContexts)
+            {
+                client.Check(LibNbd.nbd_add_meta_context(h, context), "request meta context");
+            }
+            if (LibNbd.nbd_connect_unix(h, socketPath) == -1)
+            {
+                throw DirBackupException.Io($"cannot connect to {describe}: {LibNbd.LastError()}");
+            }
+            foreach (var context in metaContexts)
+            {
+                if (LibNbd.nbd_can_meta_context(h, context) != 1)
+                {
+                    throw DirBackupException.Io($"{describe} does not offer '{context}'");
+                }
+            }
+            long size = LibNbd.nbd_get_size(h);
+            client.Check(size < 0 ? -1 : 0, "get size");
+            client.Size = size;
+            client.CanTrim = LibNbd.nbd_can_trim(h) == 1;
+            client.CanZero = LibNbd.nbd_can_zero(h) == 1;
+            client.CanFlush = LibNbd.nbd_can_flush(h) == 1;
+            client.ReadOnly = LibNbd.nbd_is_read_only(h) == 1;
+            return client;
+        }
+        catch
+        {
+            client.Dispose();
+            throw;
+        }
+    }
+
+    public void Read(Span<byte> buffer, long offset)
+    {
+        fixed (byte* p = buffer)
+        {
+            Check(LibNbd.nbd_pread(Handle, p, (nuint)buffer.Length, (ulong)offset, 0), $"read {buffer.Length} bytes at {offset}");
+        }
+    }
+
+    public void Write(ReadOnlySpan<byte> buffer, long offset)
+    {
+        fixed (byte* p = buffer)
+        {
+            Check(LibNbd.nbd_pwrite(Handle, p, (nuint)buffer.Length, (ulong)offset, 0), $"write {buffer.Length} bytes at {offset}");
+        }
+    }
+
+    /// <summary>Makes the range read as zeroes; the server may punch holes or set zero flags (no data written).</summary>
+    public void Zero(long length, long offset) =>
+        Check(LibNbd.nbd_zero(Handle, (ulong)length, (ulong)offset, 0), $"zero {length} bytes at {offset}");
+
+    public void Trim(long length, long offset) =>
+        Check(LibNbd.nbd_trim(Handle, (ulong)length, (ulong)offset, 0), $"trim {length} bytes at {offset}");
+
+    public void Flush() => Check(LibNbd.nbd_flush(Handle, 0), "flush");
+
+    /// <summary>
+    /// The extents of one meta context over <c>[offset, offset+length)</c>, clipped to it. libnbd 1.14 has
+    /// 32-bit extent lengths, so the range is asked for in pieces.
+    /// </summary>
+    public List<Extent> BlockStatus(string context, long offset, long length)
+    {
+        var collector = new ExtentCollector(context);
+        var gc = GCHandle.Alloc(collector);
+        try
+        {
+            long end = offset + length;
+            long position = offset;
+            while (position < end)
+            {
+                long ask = Math.Min(end - position, 1L << 30);
+                collector.Reset(position, position + ask);
+                var callback = new LibNbd.ExtentCallback
+                {
+                    Callback = &OnExtents,
+                    UserData = (void*)GCHandle.ToIntPtr(gc),
+                    Free = null,
+                };
+                Check(LibNbd.nbd_block_status(Handle, (ulong)ask, (ulong)position, callback, 0), $"block status of {ask} bytes at {position}");
+                if (collector.ReachedTo <= position)
+                {
+                    throw DirBackupException.Io($"{_describe} answered block status at {position} with no extent");
+                }
+                position = collector.ReachedTo;
+            }
+            return collector.Extents;
+        }
+        finally
+        {
+            gc.Free();
+        }
+    }
+
+    private sealed class ExtentCollector(string context)
+    {
+        private readonly byte[] _context = System.Text.Encoding.UTF8.GetBytes(context);
+        private long _limit;
+
+        public List<Extent> Extents { get; } = [];
+        public long ReachedTo { get; private set; }
+
+        public void Reset(long from, long limit)
+        {
+            ReachedTo = from;
+            _limit = limit;
+        }
+
+        public void Add(byte* context, ulong offset, uint* entries, nuint count)
+        {
+            if (!new ReadOnlySpan<byte>(context, (int)strlen(context)).SequenceEqual(_context))
+            {
+                return;
+            }
+            long position = (long)offset;
+            for (nuint i = 0; i + 1 < count && position < _limit; i += 2)
+            {
+                long length = Math.Min(entries[i], _limit - position);
+                uint flags = entries[i + 1];
+                if (Extents.Count > 0 && Extents[^1].End == position && Extents[^1].Flags == flags)
+                {
+                    Extents[^1] = Extents[^1] with { Length = Extents[^1].Length + length };
+                }
+                else
+                {
+                    Extents.Add(new Extent(position, length, flags));
+                }
+                position += length;
+            }
+            ReachedTo = Math.Max(ReachedTo, position);
+        }
+
+        private static nuint strlen(byte* s)
+        {
+            nuint n = 0;
+            while (s[n] != 0)
+            {
+                n++;
+            }
+            return n;
+        }
+    }
+
+    [UnmanagedCallersOnly]
+    private static int OnExtents(void* userData, byte* context, ulong offset, uint* entries, nuint count, int* error)
+    {
+        var collector = (ExtentCollector)GCHandle.FromIntPtr((nint)userData).Target!;
+        collector.Add(context, offset, entries, count);
+        return 0;
+    }
+
+    private nint Handle => _handle != 0 ? _handle : throw new ObjectDisposedException(_describe);
+
+    private void Check(int result, string what)
+    {
+        if (result == -1)
+        {
+            throw DirBackupException.Io($"{_describe}: {what} failed: {LibNbd.LastError()}");
+        }
+    }
+
+    public void Dispose()
+    {
+        nint h = Interlocked.Exchange(ref _handle, 0);
+        if (h != 0)
+        {
+            LibNbd.nbd_shutdown(h, LibNbd.ShutdownAbandonPending);
+            LibNbd.nbd_close(h);
+        }
+    }
+}

@@ -1,0 +1,159 @@
+using System.Diagnostics;
+using System.Net.Sockets;
+using DirBackup.Errors;
+
+namespace DirBackup.Qemu;
+
+/// <summary>
+/// A qemu-storage-daemon child serving one qcow2 image as a writable NBD export on a private Unix socket:
+/// the copy engine writes backup images through it, so QEMU itself lays out every qcow2 cluster.
+/// </summary>
+public sealed class StorageDaemon : IAsyncDisposable
+{
+    public const string Tool = "qemu-storage-daemon";
+    public const string ExportName = "target";
+
+    private readonly Process _process;
+    private readonly Task<string> _stderr;
+
+    private StorageDaemon(Process process, string socketPath)
+    {
+        _process = process;
+        SocketPath = socketPath;
+        _stderr = process.StandardError.ReadToEndAsync();
+    }
+
+    public string SocketPath { get; }
+
+    public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, string runtimeDir, CancellationToken cancellationToken)
+    {
+        Directory.CreateDirectory(runtimeDir);
+        var socket = Path.Combine(runtimeDir, $"qsd-{Guid.NewGuid():N}.sock");
+        var psi = new ProcessStartInfo(Tool) { RedirectStandardError = true, RedirectStandardOutput = false, UseShellExecute = false };
+        foreach (var arg in new[]
+        {
+            "--blockdev", $"driver=file,node-name=file0,filename={Escape(imagePath)},cache.direct=off,aio=threads",
+            "--blockdev", "driver=qcow2,node-name=disk0,file=file0,discard=unmap",
+            "--nbd-server", $"addr.type=unix,addr.path={Escape(socket)}",
+            "--export", $"type=nbd,id=target,node-name=disk0,name={ExportName},writable=on",
+        })
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        Process process;
+        try
+        {
+            process = Process.Start(psi)!;
+        }
+        catch (System.ComponentModel.Win32Exception e)
+        {
+            throw DirBackupException.Io($"cannot start {Tool}: {e.Message} (package qemu-system-common)");
+        }
+        var daemon = new StorageDaemon(process, socket);
+        try
+        {
+            await daemon.WaitForSocketAsync(cancellationToken).ConfigureAwait(false);
+            return daemon;
+        }
+        catch
+        {
+            await daemon.DisposeAsync().ConfigureAwait(false);
+            throw;
+        }
+    }
+
+    /// <summary>QEMU's option syntax doubles a comma to keep it inside a value.</summary>
+    private static string Escape(string value) => value.Replace(",", ",,", StringComparison.Ordinal);
+
+    private async Task WaitForSocketAsync(CancellationToken cancellationToken)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(30);
+        while (true)
+        {
+            if (_process.HasExited)
+            {
+                var error = (await _stderr.ConfigureAwait(false)).Trim();
+                throw DirBackupException.Io($"{Tool} exited: {DirBackupException.OneLine(error)}");
+            }
+            if (File.Exists(SocketPath))
+            {
+                try
+                {
+                    using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                    await probe.ConnectAsync(new UnixDomainSocketEndPoint(SocketPath), cancellationToken).ConfigureAwait(false);
+                    return;
+                }
+                catch (SocketException)
+                {
+                }
+            }
+            if (DateTime.UtcNow > deadline)
+            {
+                throw DirBackupException.Io($"{Tool} did not open {SocketPath} within 30 s");
+            }
+            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>Stops QEMU with SIGTERM; it flushes the image before it exits. A non-zero exit is an error.</summary>
+    public async Task StopAsync()
+    {
+        if (!_process.HasExited)
+        {
+            Kill(Signal.Term);
+            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+            try
+            {
+                await _process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
+            }
+            catch (OperationCanceledException)
+            {
+                _process.Kill();
+                throw DirBackupException.Io($"{Tool} did not stop within 60 s");
+            }
+        }
+        TryDelete(SocketPath);
+        if (_process.ExitCode != 0)
+        {
+            throw DirBackupException.Io($"{Tool} failed: {DirBackupException.OneLine(await _stderr.ConfigureAwait(false))}");
+        }
+    }
+
+    private enum Signal
+    {
+        Term = 15,
+    }
+
+    private void Kill(Signal signal)
+    {
+        try
+        {
+            _ = Native.Libc.kill(_process.Id, (int)signal);
+        }
+        catch (InvalidOperationException)
+        {
+        }
+    }
+
+    private static void TryDelete(string path)
+    {
+        try
+        {
+            File.Delete(path);
+        }
+        catch (IOException)
+        {
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited)
+        {
+            _process.Kill();
+            await _process.WaitForExitAsync().ConfigureAwait(false);
+        }
+        TryDelete(SocketPath);
+        _process.Dispose();
+    }
+}
