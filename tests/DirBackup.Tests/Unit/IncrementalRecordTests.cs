@@ -1,0 +1,65 @@
+using DirBackup.Backup;
+using DirBackup.Store;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Unit;
+
+public sealed class IncrementalRecordTests : IDisposable
+{
+    private readonly TempDir _dir = new();
+    private readonly StorageBuilder _storage;
+    private readonly BackupStore _store;
+
+    public IncrementalRecordTests()
+    {
+        _storage = new StorageBuilder(_dir.Combine("store"));
+        _store = new BackupStore(new StorageConfig("test", _storage.Root), new StoreSettings());
+    }
+
+    public void Dispose() => _dir.Dispose();
+
+    private IncrementalRecord RecordFor(string device, string backup, long size)
+    {
+        Directory.CreateDirectory(_store.GuestDir(100));
+        var record = new IncrementalRecord();
+        record.Devices[device] = new IncrementalDevice { Backup = backup, Size = size };
+        record.Write(_store, 100);
+        return IncrementalRecord.Read(_store, 100);
+    }
+
+    [Fact]
+    public void A_device_whose_backup_exists_with_the_same_size_has_a_parent()
+    {
+        _storage.AddVm(100, 1700000000);
+        var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
+        Assert.Equal("qemu-1700000000", record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+    }
+
+    [Fact]
+    public void A_resized_disk_a_deleted_parent_or_an_unknown_device_has_none()
+    {
+        _storage.AddVm(100, 1700000000);
+        var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
+        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 8L << 30));
+        Assert.Null(record.UsableParent(_store, 100, "drive-scsi1", 4L << 30));
+        Directory.Delete(_storage.Backups[0].Directory, recursive: true);
+        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+    }
+
+    [Fact]
+    public void A_missing_or_damaged_record_means_every_device_starts_full()
+    {
+        Assert.Empty(IncrementalRecord.Read(_store, 100).Devices);
+        Directory.CreateDirectory(_store.GuestDir(100));
+        File.WriteAllText(IncrementalRecord.PathFor(_store, 100), "{ not json");
+        Assert.Empty(IncrementalRecord.Read(_store, 100).Devices);
+    }
+
+    [Fact]
+    public void A_record_naming_something_that_is_not_a_backup_directory_is_ignored()
+    {
+        var record = RecordFor("drive-scsi0", "../../etc", 1024);
+        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 1024));
+    }
+}
