@@ -108,7 +108,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         foreach (var device in volumes.EnumerateObject())
         {
             var name = VmBackup.CheckDeviceName(device.Name);
-            long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && s.TryGetInt64(out long n) ? n : -1;
+            long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && VmBackup.PositiveInteger(s) is long n ? n : -1;
             answer[name] = record.UsableParent(store, vmid, name, size) is null ? "new" : "use";
         }
         return Task.FromResult<object?>(answer);

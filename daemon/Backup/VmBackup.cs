@@ -44,7 +44,7 @@ public sealed partial class VmBackup(BackupSettings settings)
             {
                 throw DirBackupException.InvalidParams($"device '{name}': expected an object with size, nbd-path and bitmap-mode");
             }
-            long size = v.TryGetProperty("size", out var s) && s.TryGetInt64(out long n) && n > 0
+            long size = v.TryGetProperty("size", out var s) && PositiveInteger(s) is long n
                 ? n : throw DirBackupException.InvalidParams($"device '{name}': size must be a positive integer");
             var nbdPath = v.TryGetProperty("nbd-path", out var p) && p.ValueKind == JsonValueKind.String
                 ? p.GetString()! : throw DirBackupException.InvalidParams($"device '{name}': nbd-path is missing (only the nbd mechanism is supported)");
@@ -67,6 +67,14 @@ public sealed partial class VmBackup(BackupSettings settings)
         }
         return devices.OrderBy(d => d.Name, StringComparer.Ordinal).ToList();
     }
+
+    /// <summary>Perl sends numbers as strings as often as not.</summary>
+    public static long? PositiveInteger(JsonElement value) => value.ValueKind switch
+    {
+        JsonValueKind.Number when value.TryGetInt64(out long n) && n > 0 => n,
+        JsonValueKind.String when long.TryParse(value.GetString(), NumberStyles.None, CultureInfo.InvariantCulture, out long n) && n > 0 => n,
+        _ => null,
+    };
 
     private static void CheckSocket(string device, string path)
     {
@@ -94,7 +102,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         var info = args.Element("info");
         var firewall = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("firewall-config", out var fw) && fw.ValueKind == JsonValueKind.String
             ? DecodeBytes(fw.GetString()!, "info.firewall-config") : null;
-        long limit = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("bandwidth-limit", out var bw) && bw.TryGetInt64(out long l) && l > 0 ? l : 0;
+        long limit = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("bandwidth-limit", out var bw) && PositiveInteger(bw) is long l ? l : 0;
         var record = IncrementalRecord.Read(store, vmid);
         var parents = devices.ToDictionary(d => d.Name, d => ParentOf(d, record, store, vmid));
         var limiter = limit > 0 ? new BandwidthLimiter(limit) : null;

@@ -66,7 +66,13 @@ subtest 'properties() and options()' => sub {
         content => { optional => 1 },
         shared => { optional => 1 },
         'max-protected-backups' => { optional => 1 },
+        'dirbackup-vm-mode' => { optional => 1 },
     }, 'options: path fixed, the rest optional, no prune-backups');
+    is_deeply($props->{'dirbackup-vm-mode'}->{enum}, ['incremental', 'full'], 'VM mode: incremental or full');
+    is($props->{'dirbackup-vm-mode'}->{default}, 'incremental', 'VM backups are incremental unless set otherwise');
+    for my $name (keys %$props) {
+        ok($plugin->options->{$name}, "property '$name' is settable through options()");
+    }
 };
 
 subtest 'new_backup_provider' => sub {

@@ -57,7 +57,16 @@ sub plugindata {
 # New properties must be prefixed 'dirbackup-': redeclaring a name another plugin owns makes
 # PVE::Storage::Plugin->init die and breaks storage loading on the whole node.
 sub properties {
-    return {};
+    return {
+        'dirbackup-vm-mode' => {
+            description => "VM backups: 'incremental' copies only what QEMU's dirty bitmap marks"
+                . " changed since the previous backup; 'full' reads every disk completely each time.",
+            type => 'string',
+            enum => ['incremental', 'full'],
+            default => 'incremental',
+            optional => 1,
+        },
+    };
 }
 
 # prune-backups is left out until the daemon implements prune_backups: with a retention set,
@@ -70,6 +79,7 @@ sub options {
         content => { optional => 1 },
         shared => { optional => 1 },
         'max-protected-backups' => { optional => 1 },
+        'dirbackup-vm-mode' => { optional => 1 },
     };
 }
 
