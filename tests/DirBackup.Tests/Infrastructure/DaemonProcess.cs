@@ -38,7 +38,8 @@ public sealed class DaemonProcess : IAsyncDisposable
     public static async Task<DaemonProcess> StartAsync(string socketPath, IEnumerable<string>? launcher = null)
     {
         var info = new ProcessStartInfo { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        var argv = new List<string>(launcher ?? []) { "dotnet", DaemonDll, "serve", "--socket", socketPath, "--log-level", "debug" };
+        var runtimeDir = Path.Combine(Path.GetDirectoryName(socketPath)!, "qsd");
+        var argv = new List<string>(launcher ?? []) { "dotnet", DaemonDll, "serve", "--socket", socketPath, "--runtime-dir", runtimeDir, "--log-level", "debug" };
         info.FileName = argv[0];
         foreach (var arg in argv.Skip(1))
         {

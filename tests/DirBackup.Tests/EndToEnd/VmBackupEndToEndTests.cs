@@ -1,0 +1,85 @@
+using System.Text.Json.Nodes;
+using DirBackup.Qemu;
+using DirBackup.Store;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.EndToEnd;
+
+/// <summary>
+/// Full, then two incrementals of a disk served the way PVE's backup access serves it, through the Perl shim in
+/// vzdump's order against the real daemon; each backup's qcow2 chain must equal the disk at that moment, and an
+/// incremental must read exactly the bytes the bitmap marked dirty.
+/// </summary>
+[Collection(PathSocketCollection.Name)]
+[Trait("speed", "slow")]
+public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
+{
+    private const string Device = "drive-scsi0";
+    private const long Size = 64L << 20;
+
+    private static async Task AssertSameDiskAsync(string expected, string backupImage)
+    {
+        // qemu-img compare opens the backup with its backing chain, exactly as a restore would read it.
+        await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "qcow2", expected, backupImage], CancellationToken.None);
+    }
+
+    private static long BytesRead(BackupStore store, VolumeName volume) =>
+        store.ReadManifest(volume).Devices.Single().Extra!["bytes-read"].GetInt64();
+
+    [Fact]
+    public async Task Full_then_incrementals_equal_the_disk_and_read_only_dirty_bytes()
+    {
+        var storage = daemon.NewStorage("e2e");
+        var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:e2e");
+        var store = new BackupStore(new StorageConfig("e2e", storage.Root), new StoreSettings());
+        await disk.WriteAsync("write -P 0xa1 0 8M", "write -z 8M 4M", "write -P 0xb2 40M 3M");
+
+        // 1: full (the first backup of a guest is always full).
+        JsonObject first;
+        await using (var access = await disk.OpenBackupAccessAsync(Device))
+        {
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000000, notes: "first");
+            Assert.True(run.ExitCode == 0, run.Log);
+            first = run.Output;
+            await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2"));
+        }
+        await disk.CommitBitmapAsync();
+        Assert.Equal("new", first["incremental"]![Device]!.GetValue<string>());
+        Assert.Equal("100/qemu-1700000000", first["archive"]!.GetValue<string>());
+        Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>().StartsWith("info: transferred 64.0 MiB", StringComparison.Ordinal));
+
+        // 2: incremental after known writes: 1 MiB of data, 512 KiB of zeroes over data, 64 KiB at the end.
+        await disk.WriteAsync("write -P 0xc3 16M 1M", "write -z 1M 512k", "write -P 0xd4 64448k 64k");
+        await using (var access = await disk.OpenBackupAccessAsync(Device))
+        {
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000100);
+            Assert.True(run.ExitCode == 0, run.Log);
+            Assert.Equal("use", run.Output["incremental"]![Device]!.GetValue<string>());
+            await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
+        }
+        await disk.CommitBitmapAsync();
+        Assert.Equal((1L << 20) + (512L << 10) + (64L << 10), BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000100")));
+
+        // 3: a second incremental on top of the first one.
+        await disk.WriteAsync("write -P 0xe5 0 64k", "write -P 0xf6 33M 2M");
+        await using (var access = await disk.OpenBackupAccessAsync(Device))
+        {
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000200);
+            Assert.True(run.ExitCode == 0, run.Log);
+            await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000200", Device + ".qcow2"));
+        }
+        Assert.Equal((64L << 10) + (2L << 20), BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000200")));
+
+        // The chain is what the manifests and image headers say, and the listing shows all three.
+        var third = store.ReadManifest(VolumeName.Parse("backup/100/qemu-1700000200"));
+        Assert.Equal("qemu-1700000100", third.Devices.Single().Parent);
+        using var client = daemon.Connect();
+        var list = client.Call("list_volumes", Json.Params(storage, ("vmid", 100)))!.AsArray();
+        Assert.Equal(["e2e:backup/100/qemu-1700000000", "e2e:backup/100/qemu-1700000100", "e2e:backup/100/qemu-1700000200"], list.Select(v => v!["volid"]!.GetValue<string>()));
+        Assert.Equal("first", list[0]!["notes"]!.GetValue<string>());
+        Assert.Equal("e2e:backup/100/qemu-1700000100", list[2]!["parent"]!.GetValue<string>());
+        var config = Convert.FromBase64String(client.Call("archive_get_guest_config", Json.Params(storage, ("volname", "backup/100/qemu-1700000200")))!.GetValue<string>());
+        Assert.Contains("#qmdump#map:scsi0:drive-scsi0:local:qcow2:", System.Text.Encoding.UTF8.GetString(config), StringComparison.Ordinal);
+    }
+}

@@ -1,0 +1,98 @@
+using System.Diagnostics;
+using System.Globalization;
+using DirBackup.Qemu;
+
+namespace DirBackup.Tests.Infrastructure;
+
+/// <summary>
+/// A guest disk as PVE's backup access presents it: a qcow2 image with a persistent dirty bitmap, exported
+/// over NBD by qemu-storage-daemon under the device's name, with the bitmap as meta context. Each backup gets
+/// a frozen copy of the disk (what the backup must equal) and an exported copy the daemon may trim, the way
+/// it trims PVE's fleecing image; after a successful backup the bitmap is cleared, as QEMU does on teardown.
+/// </summary>
+public sealed class SourceDisk(string dir, string image, long size, string bitmap)
+{
+    public string Image => image;
+    public long Size => size;
+    public string Bitmap => bitmap;
+    private int _generation;
+
+    public static async Task<SourceDisk> CreateAsync(string dir, long size, string bitmap)
+    {
+        Directory.CreateDirectory(dir);
+        var image = Path.Combine(dir, "disk.qcow2");
+        await Run("qemu-img", "create", "-q", "-f", "qcow2", image, size.ToString(CultureInfo.InvariantCulture));
+        await Run("qemu-img", "bitmap", "--add", image, bitmap);
+        return new SourceDisk(dir, image, size, bitmap);
+    }
+
+    /// <summary>Guest writes through qemu-io, which marks the bitmap dirty like a running VM would.</summary>
+    public Task WriteAsync(params string[] qemuIoCommands)
+    {
+        var args = new List<string> { "-f", "qcow2" };
+        foreach (var command in qemuIoCommands)
+        {
+            args.AddRange(["-c", command]);
+        }
+        args.Add(image);
+        return Run("qemu-io", [.. args]);
+    }
+
+    /// <summary>QEMU's backup-access-teardown(success): the bitmap starts again from this point.</summary>
+    public Task CommitBitmapAsync() => Run("qemu-img", "bitmap", "--clear", image, bitmap);
+
+    public async Task<BackupAccess> OpenBackupAccessAsync(string device, string? exportedBitmap = null)
+    {
+        int generation = ++_generation;
+        var frozen = Path.Combine(dir, $"state-{generation}.qcow2");
+        var exported = Path.Combine(dir, $"export-{generation}.qcow2");
+        await Run("cp", "--sparse=always", image, frozen);
+        await Run("cp", "--sparse=always", image, exported);
+        var socket = Path.Combine(dir, $"nbd-{generation}.backup-access");
+        var psi = new ProcessStartInfo(StorageDaemon.Tool) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var arg in new[]
+        {
+            "--blockdev", $"driver=file,node-name=f0,filename={exported}",
+            "--blockdev", "driver=qcow2,node-name=n0,file=f0,discard=unmap",
+            "--nbd-server", $"addr.type=unix,addr.path={socket}",
+            "--export", $"type=nbd,id={device},node-name=n0,name={device},writable=on,bitmaps.0={exportedBitmap ?? bitmap}",
+        })
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        var process = Process.Start(psi)!;
+        var deadline = DateTime.UtcNow.AddSeconds(20);
+        while (!File.Exists(socket))
+        {
+            if (process.HasExited || DateTime.UtcNow > deadline)
+            {
+                throw new InvalidOperationException("qemu-storage-daemon did not export the disk: " + await process.StandardError.ReadToEndAsync());
+            }
+            await Task.Delay(10);
+        }
+        return new BackupAccess(process, socket, frozen);
+    }
+
+    public static async Task Run(string tool, params string[] args)
+    {
+        await ChildProcess.RunAsync(tool, args, CancellationToken.None);
+    }
+}
+
+public sealed class BackupAccess(Process process, string socket, string frozenState) : IAsyncDisposable
+{
+    public string SocketPath => socket;
+
+    /// <summary>The disk as it was when this backup access started: what the backup must equal.</summary>
+    public string FrozenState => frozenState;
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!process.HasExited)
+        {
+            process.Kill();
+            await process.WaitForExitAsync();
+        }
+        process.Dispose();
+    }
+}

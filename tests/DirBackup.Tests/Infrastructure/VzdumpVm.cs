@@ -1,0 +1,75 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+
+namespace DirBackup.Tests.Infrastructure;
+
+/// <summary>Runs tools/vzdump-vm: one VM backup through the real Perl shim under perl -T, in vzdump's order.</summary>
+public static class VzdumpVm
+{
+    public static string RepoRoot
+    {
+        get
+        {
+            var dir = new DirectoryInfo(AppContext.BaseDirectory);
+            while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "protocol", "catalog.json")))
+            {
+                dir = dir.Parent;
+            }
+            return dir?.FullName ?? throw new InvalidOperationException("repository root not found");
+        }
+    }
+
+    public sealed record Result(int ExitCode, JsonObject Output, string Log);
+
+    public static async Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
+        string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null)
+    {
+        var config = Path.Combine(storage.Root, "..", $"vm-{vmid}-{startTime}.conf");
+        await File.WriteAllTextAsync(config, $"memory: 512\nscsi0: local:vm-{vmid}-disk-0,size={size}\n#qmdump#map:scsi0:{device}:local:qcow2:\n");
+        var args = new List<string>
+        {
+            "-T", "-I", "perl-shim", "-I", "tests/perl/lib", "tools/vzdump-vm",
+            "--storeid", storage.StoreId, "--path", storage.Root, "--vmid", vmid.ToString(CultureInfo.InvariantCulture),
+            "--config", Path.GetFullPath(config), "--device", $"{device}={size}", "--nbd-path", nbdPath,
+            "--start-time", startTime.ToString(CultureInfo.InvariantCulture),
+        };
+        if (bitmap is not null)
+        {
+            args.AddRange(["--bitmap", bitmap]);
+        }
+        if (notes is not null)
+        {
+            args.AddRange(["--notes", notes]);
+        }
+        if (bwlimit is not null)
+        {
+            args.AddRange(["--bwlimit", bwlimit.Value.ToString(CultureInfo.InvariantCulture)]);
+        }
+        if (logFile is not null)
+        {
+            args.AddRange(["--log", logFile]);
+        }
+        var psi = new ProcessStartInfo("perl") { WorkingDirectory = RepoRoot, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        psi.Environment["DIRBACKUP_SOCKET"] = daemonSocket;
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        var text = await stdout;
+        JsonObject output;
+        try
+        {
+            output = JsonNode.Parse(text)!.AsObject();
+        }
+        catch (System.Text.Json.JsonException)
+        {
+            throw new InvalidOperationException($"vzdump-vm printed no result ({process.ExitCode}): {text}\n{await stderr}");
+        }
+        return new Result(process.ExitCode, output, await stderr);
+    }
+}
