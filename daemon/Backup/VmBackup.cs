@@ -23,7 +23,7 @@ public sealed record VmDevice(string Name, long Size, string NbdPath, string Bit
 /// </summary>
 public sealed partial class VmBackup(BackupSettings settings)
 {
-    [GeneratedRegex("^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$")]
+    [GeneratedRegex(@"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}\z")]
     private static partial Regex DeviceNamePattern();
 
     public static string CheckDeviceName(string name) =>

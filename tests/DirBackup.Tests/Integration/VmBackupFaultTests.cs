@@ -1,0 +1,258 @@
+using System.Text.Json.Nodes;
+using DirBackup.Errors;
+using DirBackup.Store;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Integration;
+
+/// <summary>Every failure of a VM backup ends with a clear error, no half backup listed, and the incremental record as it was.</summary>
+[Collection(PathSocketCollection.Name)]
+[Trait("speed", "slow")]
+public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
+{
+    private const string Device = "drive-scsi0";
+    private const long Size = 16L << 20;
+
+    private sealed record Setup(StorageBuilder Storage, SourceDisk Disk, LineClient Client, string Record) : IDisposable
+    {
+        public void Dispose() => Client.Dispose();
+    }
+
+    /// <summary>A storage with one committed full backup of guest 100, so the record and listing have something to keep.</summary>
+    private async Task<Setup> WithOneBackupAsync()
+    {
+        var storage = daemon.NewStorage("faults");
+        var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:faults");
+        await disk.WriteAsync("write -P 0x5a 0 4M");
+        await using (var access = await disk.OpenBackupAccessAsync(Device))
+        {
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000000);
+            Assert.True(run.ExitCode == 0, run.Log);
+        }
+        await disk.CommitBitmapAsync();
+        await disk.WriteAsync("write -P 0x6b 8M 1M");
+        return new Setup(storage, disk, daemon.Connect(), await File.ReadAllTextAsync(Path.Combine(storage.Root, "100", "incremental.json")));
+    }
+
+    private static JsonObject Volumes(long size, string nbdPath, string mode = "reuse", string? bitmap = "snapshot-access:faults", string device = Device)
+    {
+        var v = new JsonObject { ["size"] = size, ["nbd-path"] = nbdPath, ["bitmap-mode"] = mode };
+        if (bitmap is not null)
+        {
+            v["bitmap-name"] = bitmap;
+        }
+        return new JsonObject { [device] = v };
+    }
+
+    private static JsonObject BackupVm(StorageBuilder storage, JsonObject volumes, int vmid = 100) =>
+        Json.Params(storage, ("vmid", vmid), ("guest-config", Convert.ToBase64String("memory: 512\n"u8.ToArray())), ("volumes", volumes), ("info", new JsonObject()));
+
+    private static void Init(Setup s, long time = 1700000100, int vmid = 100) =>
+        s.Client.Call("backup_init", Json.Params(s.Storage, ("vmid", vmid), ("vmtype", "qemu"), ("start-time", time)));
+
+    /// <summary>After a failure: only the old backup is listed, no staging directory is left, the record is unchanged.</summary>
+    private static void AssertNothingChanged(Setup s)
+    {
+        var list = s.Client.Call("list_volumes", Json.Params(s.Storage))!.AsArray();
+        Assert.Equal(["faults:backup/100/qemu-1700000000"], list.Select(v => v!["volid"]!.GetValue<string>()));
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(s.Storage.Root, "100"), ".staging-*"));
+        Assert.Equal(s.Record, File.ReadAllText(Path.Combine(s.Storage.Root, "100", "incremental.json")));
+    }
+
+    private static RpcErrorException FailAndCleanUp(Setup s, JsonObject volumes)
+    {
+        var e = s.Client.Fail("backup_vm", BackupVm(s.Storage, volumes));
+        Assert.DoesNotContain('\n', e.Message);
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject { ["error"] = e.Message })));
+        AssertNothingChanged(s);
+        return e;
+    }
+
+    [Fact]
+    public async Task A_missing_nbd_path_or_one_that_is_not_a_socket_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        Init(s);
+        var missing = FailAndCleanUp(s, Volumes(Size, s.Storage.Root + "/no-such.sock"));
+        Assert.Equal($"device 'drive-scsi0': nbd-path '{s.Storage.Root}/no-such.sock' does not exist", missing.Message);
+        Init(s);
+        var regular = FailAndCleanUp(s, Volumes(Size, Path.Combine(s.Storage.Root, "100", "incremental.json")));
+        Assert.Contains("is not a Unix socket", regular.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_export_the_server_does_not_have_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync("drive-virtio0");
+        Init(s);
+        var e = FailAndCleanUp(s, Volumes(Size, access.SocketPath));
+        Assert.Contains("cannot connect to NBD export 'drive-scsi0'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_bitmap_the_server_does_not_export_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        var e = FailAndCleanUp(s, Volumes(Size, access.SocketPath, bitmap: "snapshot-access:other"));
+        Assert.Contains("does not offer 'qemu:dirty-bitmap:snapshot-access:other'", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_device_size_that_differs_from_the_export_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        var e = FailAndCleanUp(s, Volumes(Size * 2, access.SocketPath, mode: "new"));
+        Assert.Contains($"PVE gave size {Size * 2}, but the NBD export has {Size} bytes", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
+    [InlineData("drive/scsi0")]
+    [InlineData("..")]
+    [InlineData("../../etc/passwd")]
+    [InlineData("drive scsi0")]
+    [InlineData("drive-scsi0\n")]
+    [InlineData("-rf")]
+    public async Task Device_names_that_are_not_drive_ids_are_refused(string name)
+    {
+        using var s = await WithOneBackupAsync();
+        Init(s);
+        var e = FailAndCleanUp(s, Volumes(Size, "/dev/null", device: name));
+        Assert.Contains("is not a QEMU drive id", e.Message, StringComparison.Ordinal);
+        var query = s.Client.Fail("backup_vm_query_incremental", Json.Params(s.Storage, ("vmid", 100), ("volumes", new JsonObject { [name] = new JsonObject { ["size"] = Size } })));
+        Assert.Equal((int)ErrorCode.InvalidParams, query.Code);
+    }
+
+    [Fact]
+    public async Task Backup_vm_without_backup_init_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        var e = s.Client.Fail("backup_vm", BackupVm(s.Storage, Volumes(Size, access.SocketPath)));
+        Assert.Equal("backup_vm for guest 100 without backup_init on storage 'faults'", e.Message);
+        AssertNothingChanged(s);
+    }
+
+    [Fact]
+    public async Task A_second_backup_of_the_same_guest_at_once_is_refused()
+    {
+        using var s = await WithOneBackupAsync();
+        Init(s);
+        using var other = daemon.Connect();
+        var e = other.Fail("backup_init", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("start-time", 1700000200)));
+        Assert.Equal((int)ErrorCode.Busy, e.Code);
+        Assert.Contains("backup of guest 100 on storage 'faults' is busy", e.Message, StringComparison.Ordinal);
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+        other.Call("backup_init", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("start-time", 1700000200)));
+        other.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+        AssertNothingChanged(s);
+    }
+
+    [Fact]
+    public async Task Backup_cleanup_without_success_keeps_a_committed_backup()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        s.Client.Call("backup_vm", BackupVm(s.Storage, Volumes(Size, access.SocketPath)));
+        // vzdump failed later (protected flag, prune...): QEMU has already moved its bitmap on.
+        var stats = s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject { ["error"] = "prune failed" })))!;
+        Assert.True(stats["stats"]!["archive-size"]!.GetValue<long>() > 0);
+        var list = s.Client.Call("list_volumes", Json.Params(s.Storage))!.AsArray();
+        Assert.Equal(2, list.Count);
+        Assert.Contains("qemu-1700000100", File.ReadAllText(Path.Combine(s.Storage.Root, "100", "incremental.json")), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task Backup_cleanup_for_an_unknown_guest_or_undefined_type_is_harmless()
+    {
+        using var s = await WithOneBackupAsync();
+        var unknown = s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 555), ("vmtype", null), ("success", false), ("info", new JsonObject { ["error"] = "unable to find VM" })))!;
+        Assert.Equal(0, unknown["stats"]!["archive-size"]!.GetValue<long>());
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", null), ("vmtype", null), ("success", false), ("info", null)));
+        s.Client.Call("job_cleanup", Json.Params(s.Storage));
+        s.Client.Call("job_cleanup", Json.Params(s.Storage));
+        AssertNothingChanged(s);
+    }
+
+    [Fact]
+    public async Task A_client_that_goes_away_mid_copy_leaves_nothing_behind()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        using (var vzdump = daemon.Connect())
+        {
+            vzdump.Call("backup_init", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("start-time", 1700000100)));
+            var request = BackupVm(s.Storage, Volumes(Size, access.SocketPath, mode: "new"));
+            request["info"] = new JsonObject { ["bandwidth-limit"] = 1L << 20 };
+            vzdump.SendLine(new JsonObject { ["jsonrpc"] = "2.0", ["id"] = 99, ["method"] = "backup_vm", ["params"] = request }.ToJsonString());
+            var deadline = DateTime.UtcNow.AddSeconds(10);
+            while (!Directory.EnumerateFiles(Path.Combine(s.Storage.Root, "100"), "*.qcow2", SearchOption.AllDirectories).Any(f => f.Contains(".staging-", StringComparison.Ordinal)))
+            {
+                Assert.True(DateTime.UtcNow < deadline, "the copy did not start");
+                await Task.Delay(50);
+            }
+            await Task.Delay(500);
+        }
+        await daemon.Daemon.WaitForOutputAsync("backup_vm from pid");
+        var until = DateTime.UtcNow.AddSeconds(10);
+        while (Directory.EnumerateDirectories(Path.Combine(s.Storage.Root, "100"), ".staging-*").Any() && DateTime.UtcNow < until)
+        {
+            await Task.Delay(50);
+        }
+        AssertNothingChanged(s);
+        // The lock went with the connection: the next backup of the guest may start.
+        Init(s, 1700000300);
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+    }
+}
+
+/// <summary>The storage filling up in the middle of a copy, on a small loop-mounted filesystem.</summary>
+[Trait("speed", "slow")]
+public sealed class DiskFullTests : IDisposable
+{
+    private readonly TempDir _dir = new("dirbackup-full");
+    private string? _mountpoint;
+
+    public void Dispose()
+    {
+        if (_mountpoint is not null)
+        {
+            System.Diagnostics.Process.Start("umount", ["-l", _mountpoint])!.WaitForExit();
+        }
+        _dir.Dispose();
+    }
+
+    [Fact]
+    public async Task A_full_storage_fails_the_backup_cleanly_and_leaves_nothing()
+    {
+        var image = _dir.Combine("fs.img");
+        await SourceDisk.Run("truncate", "-s", "24M", image);
+        await SourceDisk.Run("mkfs.ext4", "-q", "-F", image);
+        _mountpoint = _dir.Combine("mnt");
+        Directory.CreateDirectory(_mountpoint);
+        await SourceDisk.Run("mount", "-o", "loop", image, _mountpoint);
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        var storage = new StorageBuilder(Path.Combine(_mountpoint, "store"), "small");
+        var disk = await SourceDisk.CreateAsync(_dir.Combine("vm"), 64L << 20, "snapshot-access:small");
+        await disk.WriteAsync("write -P 0x77 0 40M");
+
+        await using (var access = await disk.OpenBackupAccessAsync("drive-scsi0"))
+        {
+            var run = await VzdumpVm.RunAsync(socket, storage, 100, "drive-scsi0", 64L << 20, access.SocketPath, disk.Bitmap, 1700000000);
+            Assert.Equal(1, run.ExitCode);
+            Assert.Contains("No space left on device", run.Output["error"]!.GetValue<string>(), StringComparison.Ordinal);
+        }
+
+        using var client = LineClient.Connect(socket);
+        Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "100"), ".staging-*"));
+        Assert.False(File.Exists(Path.Combine(storage.Root, "100", "incremental.json")));
+    }
+}
