@@ -65,32 +65,11 @@ Task("Bench")
 });
 
 Task("Run")
-    .Description("Serve a storage in .build/run/storage on .build/run/dirbackupd.sock, list it through the Perl shim, then keep serving until Ctrl-C")
+    .Description("The main job: two backups of a generated VM disk (full, then incremental) through the Perl shim and the daemon, listed and checked")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    var run = buildDir.Combine("run");
-    var storage = run.Combine("storage").FullPath;
-    EnsureDirectoryExists(storage);
-    var socket = run.CombineWithFilePath("dirbackupd.sock").FullPath;
-    using var daemon = StartAndReturnProcess("dotnet", new ProcessSettings {
-        Arguments = $"daemon/bin/{configuration}/net10.0/dirbackupd.dll serve --socket {socket}",
-        WorkingDirectory = root.FullPath,
-    });
-    var demo = $"-T -I perl-shim -I tests/perl/lib tools/dirbackup-demo {storage}";
-    var env = new Dictionary<string, string> { ["DIRBACKUP_SOCKET"] = socket };
-    for (var attempt = 0; ; attempt++)
-    {
-        System.Threading.Thread.Sleep(500);
-        if (StartProcess("perl", new ProcessSettings { Arguments = demo, EnvironmentVariables = env, WorkingDirectory = root.FullPath }) == 0)
-            break;
-        if (attempt == 20)
-            throw new Exception("the daemon did not come up");
-    }
-    Information($"dirbackupd serves {storage} on {socket}; list it again with:");
-    Information($"  DIRBACKUP_SOCKET={socket} perl {demo}");
-    Information("Ctrl-C stops the daemon.");
-    daemon.WaitForExit();
+    MustRun("tools/demo", $"daemon/bin/{configuration}/net10.0/dirbackupd.dll {buildDir.Combine("run").FullPath}");
 });
 
 Task("Package")
