@@ -24,7 +24,16 @@ public static class Program
         var socket = Path.Combine(work, "run", "dirbackupd.sock");
         var daemonDll = Path.Combine(AppContext.BaseDirectory, "dirbackupd.dll");
 
+        var which = args.Length > 1 ? args[1] : "all";
         WarmMemory();
+        if (which is "all" or "vm")
+        {
+            await new VmBench(repo, work, daemonDll).RunAsync();
+        }
+        if (which is not ("all" or "spine"))
+        {
+            return 0;
+        }
         PrepareStore(store);
         Console.WriteLine($"fixture: {Guests * BackupsPerGuest} backups in {Guests} guests under {store}");
 
