@@ -98,3 +98,117 @@ public static class CopyPlan
         }
     }
 }
+
+public enum SegmentSource
+{
+    /// <summary>Read from the source export.</summary>
+    Source,
+
+    /// <summary>Known zero: cleared, nothing read.</summary>
+    Zero,
+
+    /// <summary>Kept data read back through the target's backing chain, only to complete a digest block.</summary>
+    Target,
+}
+
+/// <summary>A disk range a unit needs in memory, at <see cref="PackedOffset"/> in the unit's buffer.</summary>
+public readonly record struct Segment(long Offset, long Length, SegmentSource Source, int PackedOffset);
+
+/// <summary>
+/// Consecutive chunks handled together: what they need in memory is packed into one buffer, so a backup of many
+/// small scattered changes still sends its requests in large batches.
+/// </summary>
+public sealed record WorkUnit(ChunkWork[] Chunks, Segment[] Segments, int PackedLength)
+{
+    public long Bytes(SegmentSource source) => Segments.Where(s => s.Source == source).Sum(s => s.Length);
+}
+
+public static class WorkUnits
+{
+    /// <summary>
+    /// Groups chunks into units whose needed bytes fit <paramref name="bufferSize"/>. Chunks that need no data
+    /// (kept whole with the parent's digests, or zero with nothing below) still travel in a unit, without segments.
+    /// </summary>
+    public static List<WorkUnit> Pack(IReadOnlyList<ChunkWork> chunks, bool hasBacking, bool parentDigests, int digestBlock, int bufferSize)
+    {
+        var units = new List<WorkUnit>();
+        var unitChunks = new List<ChunkWork>();
+        var segments = new List<Segment>();
+        int packed = 0;
+        foreach (var chunk in chunks)
+        {
+            var needed = Needed(chunk, hasBacking, parentDigests, digestBlock).ToList();
+            long bytes = needed.Sum(n => n.Length);
+            if (unitChunks.Count > 0 && packed + bytes > bufferSize)
+            {
+                units.Add(new WorkUnit([.. unitChunks], [.. segments], packed));
+                unitChunks.Clear();
+                segments.Clear();
+                packed = 0;
+            }
+            unitChunks.Add(chunk);
+            foreach (var (offset, length, source) in needed)
+            {
+                segments.Add(new Segment(offset, length, source, packed));
+                packed += (int)length;
+            }
+        }
+        if (unitChunks.Count > 0)
+        {
+            units.Add(new WorkUnit([.. unitChunks], [.. segments], packed));
+        }
+        return units;
+    }
+
+    private static IEnumerable<(long Offset, long Length, SegmentSource Source)> Needed(ChunkWork chunk, bool hasBacking, bool parentDigests, int digestBlock)
+    {
+        if (chunk.ZeroAll && !hasBacking)
+        {
+            yield break;
+        }
+        foreach (var piece in chunk.Pieces)
+        {
+            switch (piece.Kind)
+            {
+                case PieceKind.Copy:
+                    yield return (piece.Offset, piece.Length, SegmentSource.Source);
+                    break;
+                case PieceKind.Zero:
+                    yield return (piece.Offset, piece.Length, SegmentSource.Zero);
+                    break;
+                default:
+                    foreach (var (offset, length) in KeptRangesToRead(piece, parentDigests, digestBlock))
+                    {
+                        yield return (offset, length, SegmentSource.Target);
+                    }
+                    break;
+            }
+        }
+    }
+
+    /// <summary>Parts of a kept piece that share a digest block with changed data (all of it, without parent digests).</summary>
+    public static IEnumerable<(long Offset, long Length)> KeptRangesToRead(Piece piece, bool parentDigests, int digestBlock)
+    {
+        if (!parentDigests)
+        {
+            yield return (piece.Offset, piece.Length);
+            yield break;
+        }
+        long end = piece.Offset + piece.Length;
+        long firstWhole = (piece.Offset + digestBlock - 1) / digestBlock * digestBlock;
+        long lastWhole = end / digestBlock * digestBlock;
+        if (firstWhole >= lastWhole)
+        {
+            yield return (piece.Offset, piece.Length);
+            yield break;
+        }
+        if (piece.Offset < firstWhole)
+        {
+            yield return (piece.Offset, firstWhole - piece.Offset);
+        }
+        if (lastWhole < end)
+        {
+            yield return (lastWhole, end - lastWhole);
+        }
+    }
+}

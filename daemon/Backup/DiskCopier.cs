@@ -1,4 +1,6 @@
+using System.Collections.Concurrent;
 using System.IO.Hashing;
+using System.Runtime.InteropServices;
 using DirBackup.Errors;
 using DirBackup.Nbd;
 
@@ -36,12 +38,21 @@ public sealed class CopyStats
 /// <summary>
 /// The copy engine: walks the source's block status, then several workers (each with its own pair of NBD
 /// connections, so many requests are in flight) copy 4 MiB chunks, store zeroes only where a parent could show
-/// through, digest every chunk and trim what they copied from the source. Memory is one chunk per worker.
+/// through, digest every 64 KiB block and trim what they copied from the source. Memory is one chunk per worker.
 /// </summary>
 public static class DiskCopier
 {
     public const int DigestSize = 16;
-    private const int ZeroGranularity = 64 * 1024;
+
+    /// <summary>
+    /// Digest granularity; also the granularity at which zeroes are recognised. PVE's bitmaps have 4 MiB and
+    /// qemu-img's 64 KiB granularity, so a dirty extent covers whole blocks and kept blocks keep their parent's digest.
+    /// </summary>
+    public const int DigestBlock = 64 * 1024;
+
+    public static long BlockCount(long size) => (size + DigestBlock - 1) / DigestBlock;
+
+    private static readonly byte[] ZeroBlockDigest = XxHash128.Hash(new byte[DigestBlock]);
 
     public static async Task<byte[]> CopyAsync(DiskCopyRequest request, CopyStats stats, Action<string> warn, CancellationToken cancellationToken)
     {
@@ -57,57 +68,98 @@ public static class DiskCopier
         }
         stats.ToTransfer = chunks.Sum(c => c.Length - c.Bytes(PieceKind.Keep));
         stats.Kept = chunks.Sum(c => c.Bytes(PieceKind.Keep));
-        var digests = new byte[chunks.Count * DigestSize];
+        var digests = new byte[BlockCount(request.Size) * DigestSize];
+        var parentDigests = request.ParentDigests is { } p && p.Length == digests.Length ? p : null;
+        var units = WorkUnits.Pack(chunks, request.HasBacking, parentDigests is not null, DigestBlock, CopyPlan.ChunkSize);
         int next = -1;
         int trimFailed = 0;
         using var failed = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
         Exception? firstError = null;
-
-        void Work()
+        int stages = Math.Max(1, request.Workers);
+        // Readers fill buffers, writers empty them: reading unit N+1 overlaps writing unit N. Memory is bounded
+        // by the buffer pool: two buffers per reader.
+        using var free = new BlockingCollection<byte[]>();
+        using var filled = new BlockingCollection<(WorkUnit Unit, byte[] Buffer)>();
+        for (int i = 0; i < 2 * stages; i++)
         {
-            var buffer = new byte[CopyPlan.ChunkSize];
+            free.Add(GC.AllocateUninitializedArray<byte>(CopyPlan.ChunkSize, pinned: true), CancellationToken.None);
+        }
+
+        void Fail(Exception e)
+        {
+            Interlocked.CompareExchange(ref firstError, e, null);
+            failed.Cancel();
+        }
+
+        void Read()
+        {
             NbdClient? source = null;
-            using var target = NbdClient.Connect(request.TargetSocket, request.TargetExport);
+            NbdClient? target = null;
             try
             {
                 int index;
-                while ((index = Interlocked.Increment(ref next)) < chunks.Count)
+                while ((index = Interlocked.Increment(ref next)) < units.Count)
                 {
                     failed.Token.ThrowIfCancellationRequested();
-                    var chunk = chunks[index];
-                    if (chunk.KeepsAll && request.ParentDigests is { } parent && parent.Length == digests.Length)
+                    var unit = units[index];
+                    if (unit.Segments.Length == 0)
                     {
-                        parent.AsSpan(index * DigestSize, DigestSize).CopyTo(digests.AsSpan(index * DigestSize));
+                        Finish(unit, [], digests, parentDigests, stats);
                         continue;
                     }
-                    if (!chunk.KeepsAll && !chunk.ZeroAll)
+                    if (unit.Bytes(SegmentSource.Source) > 0)
                     {
                         source ??= NbdClient.Connect(request.SourceSocket, request.SourceExport);
                     }
-                    CopyChunk(chunk, buffer, source, target, request, stats, failed.Token);
-                    XxHash128.Hash(buffer.AsSpan(0, (int)chunk.Length), digests.AsSpan(index * DigestSize, DigestSize));
+                    if (unit.Bytes(SegmentSource.Target) > 0)
+                    {
+                        target ??= NbdClient.Connect(request.TargetSocket, request.TargetExport);
+                    }
+                    var buffer = free.Take(failed.Token);
+                    ReadUnit(unit, buffer, source, target, request, stats, failed.Token);
+                    filled.Add((unit, buffer), failed.Token);
                     if (source is { CanTrim: true } && Volatile.Read(ref trimFailed) == 0)
                     {
-                        TrimCopied(chunk, source, ref trimFailed, warn);
+                        TrimCopied(unit, source, ref trimFailed, warn);
                     }
+                }
+            }
+            catch (Exception e)
+            {
+                Fail(e);
+            }
+            finally
+            {
+                source?.Dispose();
+                target?.Dispose();
+            }
+        }
+
+        void Write()
+        {
+            try
+            {
+                using var target = NbdClient.Connect(request.TargetSocket, request.TargetExport);
+                foreach (var (unit, buffer) in filled.GetConsumingEnumerable(failed.Token))
+                {
+                    WriteUnit(unit, buffer, target, request, stats);
+                    Finish(unit, buffer, digests, parentDigests, stats);
+                    free.Add(buffer, CancellationToken.None);
                 }
                 target.Flush();
             }
             catch (Exception e)
             {
-                Interlocked.CompareExchange(ref firstError, e, null);
-                failed.Cancel();
-            }
-            finally
-            {
-                source?.Dispose();
+                Fail(e);
             }
         }
 
-        var workers = Enumerable.Range(0, Math.Max(1, request.Workers))
-            .Select(_ => Task.Factory.StartNew(Work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default))
-            .ToArray();
-        await Task.WhenAll(workers).ConfigureAwait(false);
+        static Task Start(Action work) => Task.Factory.StartNew(work, CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default);
+        var readers = Enumerable.Range(0, stages).Select(_ => Start(Read)).ToArray();
+        var writers = Enumerable.Range(0, stages).Select(_ => Start(Write)).ToArray();
+        await Task.WhenAll(readers).ConfigureAwait(false);
+        filled.CompleteAdding();
+        await Task.WhenAll(writers).ConfigureAwait(false);
         cancellationToken.ThrowIfCancellationRequested();
         if (firstError is not null)
         {
@@ -116,66 +168,189 @@ public static class DiskCopier
         return digests;
     }
 
-    private static void CopyChunk(ChunkWork chunk, byte[] buffer, NbdClient? source, NbdClient target, DiskCopyRequest request, CopyStats stats, CancellationToken cancellationToken)
+    private static unsafe void ReadUnit(WorkUnit unit, byte[] buffer, NbdClient? source, NbdClient? target, DiskCopyRequest request, CopyStats stats, CancellationToken cancellationToken)
     {
-        // First the whole chunk as it is at this backup, for its digest: kept parts come through the target's backing chain.
-        foreach (var piece in chunk.Pieces)
+        var fromSource = new List<NbdRequest>();
+        var fromTarget = new List<NbdRequest>();
+        fixed (byte* packed = buffer)
         {
-            var span = buffer.AsSpan((int)(piece.Offset - chunk.Offset), (int)piece.Length);
-            switch (piece.Kind)
+            foreach (var segment in unit.Segments)
             {
-                case PieceKind.Keep:
-                    target.Read(span, piece.Offset);
-                    break;
-                case PieceKind.Zero:
-                    span.Clear();
-                    break;
-                default:
-                    request.Limiter?.Take(piece.Length, cancellationToken);
-                    source!.Read(span, piece.Offset);
-                    Interlocked.Add(ref stats.Read, piece.Length);
-                    break;
-            }
-        }
-        foreach (var piece in chunk.Pieces)
-        {
-            if (piece.Kind == PieceKind.Keep)
-            {
-                continue;
-            }
-            var memory = buffer.AsMemory((int)(piece.Offset - chunk.Offset), (int)piece.Length);
-            foreach (var (start, length, isZero) in piece.Kind == PieceKind.Zero ? [(0, memory.Length, true)] : CopyPlan.ZeroRuns(memory, ZeroGranularity))
-            {
-                if (isZero)
+                byte* at = packed + segment.PackedOffset;
+                switch (segment.Source)
                 {
-                    Interlocked.Add(ref stats.ZeroBytes, length);
-                    if (request.HasBacking)
-                    {
-                        target.Zero(length, piece.Offset + start);
-                    }
-                }
-                else
-                {
-                    target.Write(memory.Span.Slice(start, length), piece.Offset + start);
-                    Interlocked.Add(ref stats.Written, length);
+                    case SegmentSource.Zero:
+                        new Span<byte>(at, (int)segment.Length).Clear();
+                        break;
+                    case SegmentSource.Target:
+                        AddSplit(fromTarget, NbdRequestKind.Read, at, segment.Length, segment.Offset);
+                        break;
+                    default:
+                        AddSplit(fromSource, NbdRequestKind.Read, at, segment.Length, segment.Offset);
+                        break;
                 }
             }
-            Interlocked.Add(ref stats.Done, piece.Length);
+            long copied = unit.Bytes(SegmentSource.Source);
+            if (copied > 0)
+            {
+                request.Limiter?.Take(copied, cancellationToken);
+                source!.Batch(CollectionsMarshal.AsSpan(fromSource));
+                Interlocked.Add(ref stats.Read, copied);
+            }
+            if (fromTarget.Count > 0)
+            {
+                target!.Batch(CollectionsMarshal.AsSpan(fromTarget));
+            }
         }
     }
 
-    /// <summary>PVE's fleecing image grows with every block the guest rewrites until the backup has read it: give it back.</summary>
-    private static void TrimCopied(ChunkWork chunk, NbdClient source, ref int trimFailed, Action<string> warn)
+    /// <summary>NBD requests of at most <see cref="RequestSize"/>: several in flight keep both QEMU ends busy.</summary>
+    private static unsafe void AddSplit(List<NbdRequest> requests, NbdRequestKind kind, byte* buffer, long length, long offset)
     {
-        foreach (var piece in chunk.Pieces)
+        for (long done = 0; done < length; done += RequestSize)
         {
-            if (piece.Kind != PieceKind.Copy)
+            long part = Math.Min(RequestSize, length - done);
+            requests.Add(new NbdRequest(kind, buffer == null ? null : buffer + done, part, offset + done));
+        }
+    }
+
+    public const int RequestSize = 1 << 20;
+
+    /// <summary>Stores what changed: data as data, zeroes only where a parent could show through.</summary>
+    private static unsafe void WriteUnit(WorkUnit unit, byte[] buffer, NbdClient target, DiskCopyRequest request, CopyStats stats)
+    {
+        var writes = new List<NbdRequest>();
+        long written = 0;
+        long zeroes = 0;
+        fixed (byte* packed = buffer)
+        {
+            foreach (var segment in unit.Segments)
+            {
+                if (segment.Source == SegmentSource.Target)
+                {
+                    continue;
+                }
+                var memory = buffer.AsMemory(segment.PackedOffset, (int)segment.Length);
+                foreach (var (start, length, isZero) in segment.Source == SegmentSource.Zero ? [(0, memory.Length, true)] : CopyPlan.ZeroRuns(memory, DigestBlock))
+                {
+                    long offset = segment.Offset + start;
+                    if (isZero)
+                    {
+                        zeroes += length;
+                        if (request.HasBacking)
+                        {
+                            writes.Add(new NbdRequest(NbdRequestKind.Zero, null, length, offset));
+                        }
+                    }
+                    else
+                    {
+                        AddSplit(writes, NbdRequestKind.Write, packed + segment.PackedOffset + start, length, offset);
+                        written += length;
+                    }
+                }
+            }
+            if (writes.Count > 0)
+            {
+                target.Batch(CollectionsMarshal.AsSpan(writes));
+            }
+        }
+        Interlocked.Add(ref stats.Written, written);
+        Interlocked.Add(ref stats.ZeroBytes, zeroes);
+    }
+
+    /// <summary>Digests of every block of the unit's chunks, and the progress they count for.</summary>
+    private static void Finish(WorkUnit unit, byte[] buffer, byte[] digests, byte[]? parentDigests, CopyStats stats)
+    {
+        foreach (var chunk in unit.Chunks)
+        {
+            var chunkDigests = digests.AsSpan((int)(chunk.Offset / DigestBlock * DigestSize), (int)(BlockCount(chunk.Length) * DigestSize));
+            if (chunk.KeepsAll && parentDigests is not null)
+            {
+                parentDigests.AsSpan((int)(chunk.Offset / DigestBlock * DigestSize), chunkDigests.Length).CopyTo(chunkDigests);
+                continue;
+            }
+            if (chunk.ZeroAll && !unit.Segments.Any(s => s.Offset >= chunk.Offset && s.Offset < chunk.Offset + chunk.Length))
+            {
+                // A zero chunk with nothing below: nothing was read or written, a fresh image reads as zeroes.
+                Interlocked.Add(ref stats.ZeroBytes, chunk.Length);
+                DigestZeroes(chunk, chunkDigests);
+            }
+            else
+            {
+                DigestChunk(chunk, unit, buffer, chunkDigests, parentDigests);
+            }
+            Interlocked.Add(ref stats.Done, chunk.Length - chunk.Bytes(PieceKind.Keep));
+        }
+    }
+
+    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, byte[] buffer, Span<byte> chunkDigests, byte[]? parentDigests)
+    {
+        for (long blockStart = chunk.Offset; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock)
+        {
+            int length = (int)Math.Min(DigestBlock, chunk.Offset + chunk.Length - blockStart);
+            var digest = chunkDigests.Slice((int)((blockStart - chunk.Offset) / DigestBlock * DigestSize), DigestSize);
+            if (parentDigests is not null && IsKept(chunk, blockStart, length))
+            {
+                parentDigests.AsSpan((int)(blockStart / DigestBlock * DigestSize), DigestSize).CopyTo(digest);
+                continue;
+            }
+            var data = buffer.AsSpan(PackedOffsetOf(unit, blockStart), length);
+            if (length == DigestBlock && !data.ContainsAnyExcept((byte)0))
+            {
+                ZeroBlockDigest.CopyTo(digest);
+            }
+            else
+            {
+                XxHash128.Hash(data, digest);
+            }
+        }
+    }
+
+    /// <summary>A block that is not kept whole is in memory whole, its segments adjacent in the packed buffer.</summary>
+    private static int PackedOffsetOf(WorkUnit unit, long offset)
+    {
+        foreach (var segment in unit.Segments)
+        {
+            if (offset >= segment.Offset && offset < segment.Offset + segment.Length)
+            {
+                return segment.PackedOffset + (int)(offset - segment.Offset);
+            }
+        }
+        throw new InvalidOperationException($"block at {offset} is not in the unit's buffer");
+    }
+
+    private static void DigestZeroes(ChunkWork chunk, Span<byte> chunkDigests)
+    {
+        for (long blockStart = chunk.Offset, i = 0; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock, i++)
+        {
+            int length = (int)Math.Min(DigestBlock, chunk.Offset + chunk.Length - blockStart);
+            var digest = chunkDigests.Slice((int)(i * DigestSize), DigestSize);
+            if (length == DigestBlock)
+            {
+                ZeroBlockDigest.CopyTo(digest);
+            }
+            else
+            {
+                XxHash128.Hash(new byte[length], digest);
+            }
+        }
+    }
+
+    private static bool IsKept(ChunkWork chunk, long blockStart, int length) =>
+        chunk.Pieces.Any(p => p.Kind == PieceKind.Keep && p.Offset <= blockStart && p.Offset + p.Length >= blockStart + length);
+
+    /// <summary>PVE's fleecing image grows with every block the guest rewrites until the backup has read it: give it back.</summary>
+    private static void TrimCopied(WorkUnit unit, NbdClient source, ref int trimFailed, Action<string> warn)
+    {
+        foreach (var segment in unit.Segments)
+        {
+            if (segment.Source != SegmentSource.Source)
             {
                 continue;
             }
             try
             {
-                source.Trim(piece.Length, piece.Offset);
+                source.Trim(segment.Length, segment.Offset);
             }
             catch (DirBackupException e)
             {

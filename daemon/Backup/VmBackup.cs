@@ -103,13 +103,11 @@ public sealed partial class VmBackup(BackupSettings settings)
         var firewall = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("firewall-config", out var fw) && fw.ValueKind == JsonValueKind.String
             ? DecodeBytes(fw.GetString()!, "info.firewall-config") : null;
         long limit = info.ValueKind == JsonValueKind.Object && info.TryGetProperty("bandwidth-limit", out var bw) && PositiveInteger(bw) is long l ? l : 0;
-        var record = IncrementalRecord.Read(store, vmid);
-        var parents = devices.ToDictionary(d => d.Name, d => ParentOf(d, record, store, vmid));
         var limiter = limit > 0 ? new BandwidthLimiter(limit) : null;
-
         var staging = session.StagingDir;
         try
         {
+            var parents = await ClaimParentsAsync(session, devices, cancellationToken).ConfigureAwait(false);
             WriteFile(Path.Combine(staging, "guest.conf"), args.Bytes("guest-config"));
             if (firewall is not null)
             {
@@ -138,6 +136,30 @@ public sealed partial class VmBackup(BackupSettings settings)
             throw;
         }
         await UpdateRecordAsync(session, devices, cancellationToken: CancellationToken.None).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// Chooses each device's parent and records the choice in a provisional manifest in the staging directory,
+    /// under the guest lock: from then on free_image sees this backup as a dependent and leaves its parents alone.
+    /// </summary>
+    private static async Task<Dictionary<string, string?>> ClaimParentsAsync(GuestBackup session, List<VmDevice> devices, CancellationToken cancellationToken)
+    {
+        var store = session.Store;
+        int vmid = session.Volume.VmId;
+        using (await store.LockGuestAsync(vmid, cancellationToken).ConfigureAwait(false))
+        {
+            var record = IncrementalRecord.Read(store, vmid);
+            var parents = devices.ToDictionary(d => d.Name, d => ParentOf(d, record, store, vmid));
+            var provisional = new Manifest
+            {
+                VmId = vmid,
+                Type = "qemu",
+                BackupTime = session.Volume.BackupTime,
+                Devices = devices.Select(d => new ManifestDevice { Name = d.Name, Size = d.Size, File = d.ImageFile, Parent = parents[d.Name] }).ToList(),
+            };
+            AtomicFile.Write(Path.Combine(session.StagingDir, Manifest.FileName), provisional.ToBytes());
+            return parents;
+        }
     }
 
     private static string? ParentOf(VmDevice device, IncrementalRecord record, BackupStore store, int vmid)
@@ -200,7 +222,7 @@ public sealed partial class VmBackup(BackupSettings settings)
             {
                 ["digests"] = JsonSerializer.SerializeToElement(device.DigestFile),
                 ["digest-algorithm"] = JsonSerializer.SerializeToElement("xxh128"),
-                ["chunk-size"] = JsonSerializer.SerializeToElement(CopyPlan.ChunkSize),
+                ["digest-block"] = JsonSerializer.SerializeToElement(DiskCopier.DigestBlock),
                 ["bytes-read"] = JsonSerializer.SerializeToElement(stats.Read),
             },
         };
@@ -221,8 +243,9 @@ public sealed partial class VmBackup(BackupSettings settings)
     private static void Commit(GuestBackup session, Manifest manifest)
     {
         var staging = session.StagingDir;
-        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
         var manifestPath = Path.Combine(staging, Manifest.FileName);
+        File.Delete(manifestPath);
+        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
         WriteFile(manifestPath, manifest.ToBytes());
         Libc.FsyncDirectory(staging);
         Directory.Move(staging, session.FinalDir);

@@ -18,6 +18,21 @@ internal static unsafe partial class LibNbd
         public delegate* unmanaged<void*, void> Free;
     }
 
+    [StructLayout(LayoutKind.Sequential)]
+    public struct CompletionCallback
+    {
+        public delegate* unmanaged<void*, int*, int> Callback;
+        public void* UserData;
+        public delegate* unmanaged<void*, void> Free;
+    }
+
+    [LibraryImport(Lib)] public static partial long nbd_aio_pread(nint h, void* buf, nuint count, ulong offset, CompletionCallback completion, uint flags);
+    [LibraryImport(Lib)] public static partial long nbd_aio_pwrite(nint h, void* buf, nuint count, ulong offset, CompletionCallback completion, uint flags);
+    [LibraryImport(Lib)] public static partial long nbd_aio_zero(nint h, ulong count, ulong offset, CompletionCallback completion, uint flags);
+    [LibraryImport(Lib)] public static partial int nbd_aio_command_completed(nint h, ulong cookie);
+    [LibraryImport(Lib)] public static partial int nbd_poll(nint h, int timeout);
+
+    [LibraryImport(Lib)] public static partial int nbd_set_pread_initialize(nint h, [MarshalAs(UnmanagedType.U1)] bool request);
     [LibraryImport(Lib)] public static partial nint nbd_create();
     [LibraryImport(Lib)] public static partial void nbd_close(nint h);
     [LibraryImport(Lib)] public static partial nint nbd_get_error();

@@ -41,6 +41,8 @@ public sealed unsafe class NbdClient : IDisposable
         try
         {
             client.Check(LibNbd.nbd_set_handle_name(h, "dirbackupd"), "set handle name");
+            // libnbd clears every read buffer first unless told the caller never looks at a failed read's buffer.
+            client.Check(LibNbd.nbd_set_pread_initialize(h, false), "set pread initialize");
             client.Check(LibNbd.nbd_set_export_name(h, exportName), "set export name");
             foreach (var context in metaContexts)
             {
@@ -95,6 +97,73 @@ public sealed unsafe class NbdClient : IDisposable
 
     public void Trim(long length, long offset) =>
         Check(LibNbd.nbd_trim(Handle, (ulong)length, (ulong)offset, 0), $"trim {length} bytes at {offset}");
+
+    /// <summary>
+    /// Several reads, writes or zeroes at once on this connection: all are sent before waiting, so one thread keeps
+    /// many requests in flight. Buffers must be pinned (they are read or written by libnbd until completion).
+    /// </summary>
+    public void Batch(ReadOnlySpan<NbdRequest> requests)
+    {
+        var h = Handle;
+        Span<long> cookies = requests.Length <= 64 ? stackalloc long[requests.Length] : new long[requests.Length];
+        var none = default(LibNbd.CompletionCallback);
+        for (int i = 0; i < requests.Length; i++)
+        {
+            var r = requests[i];
+            cookies[i] = r.Kind switch
+            {
+                NbdRequestKind.Read => LibNbd.nbd_aio_pread(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
+                NbdRequestKind.Write => LibNbd.nbd_aio_pwrite(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
+                _ => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
+            };
+            if (cookies[i] == -1)
+            {
+                // Requests already sent still complete into our buffers: wait for them before reporting.
+                var error = LibNbd.LastError();
+                Drain(h, cookies[..i]);
+                throw DirBackupException.Io($"{_describe}: {r.Kind.ToString().ToLowerInvariant()} of {r.Length} bytes at {r.Offset} failed: {error}");
+            }
+        }
+        string? failure = Drain(h, cookies);
+        if (failure is not null)
+        {
+            throw DirBackupException.Io($"{_describe}: {failure}");
+        }
+    }
+
+    /// <summary>Waits for every cookie; returns the first error.</summary>
+    private static string? Drain(nint h, Span<long> cookies)
+    {
+        string? failure = null;
+        int pending = cookies.Length;
+        while (pending > 0)
+        {
+            pending = 0;
+            for (int i = 0; i < cookies.Length; i++)
+            {
+                if (cookies[i] == 0)
+                {
+                    continue;
+                }
+                int done = LibNbd.nbd_aio_command_completed(h, (ulong)cookies[i]);
+                if (done == 0)
+                {
+                    pending++;
+                    continue;
+                }
+                if (done == -1)
+                {
+                    failure ??= LibNbd.LastError();
+                }
+                cookies[i] = 0;
+            }
+            if (pending > 0 && LibNbd.nbd_poll(h, -1) == -1)
+            {
+                return failure ?? LibNbd.LastError();
+            }
+        }
+        return failure;
+    }
 
     public void Flush() => Check(LibNbd.nbd_flush(Handle, 0), "flush");
 

@@ -25,6 +25,7 @@ public sealed partial class BackupStore
             var dependents = ListBackups(volume.VmId)
                 .Where(b => b.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
                 .Select(b => b.Volume.ToString())
+                .Concat(BackupsInProgressOn(volume))
                 .ToList();
             if (dependents.Count > 0)
             {
@@ -39,6 +40,27 @@ public sealed partial class BackupStore
         }
         RemoveTree(doomed);
         RemoveDeletionLeftovers(volume.VmId);
+    }
+
+    /// <summary>Backups being written whose provisional manifest names this one as a parent.</summary>
+    private IEnumerable<string> BackupsInProgressOn(VolumeName volume)
+    {
+        foreach (var dir in Directory.EnumerateDirectories(GuestDir(volume.VmId), ".staging-*"))
+        {
+            Manifest manifest;
+            try
+            {
+                manifest = Manifest.FromBytes(File.ReadAllBytes(Path.Combine(dir, Manifest.FileName)));
+            }
+            catch (Exception e) when (e is IOException or System.Text.Json.JsonException)
+            {
+                continue;
+            }
+            if (manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
+            {
+                yield return $"the backup in progress {Path.GetFileName(dir)[".staging-".Length..]}";
+            }
+        }
     }
 
     /// <summary>A crash between the rename and the removal leaves a hidden directory; the next delete in that guest finishes it.</summary>

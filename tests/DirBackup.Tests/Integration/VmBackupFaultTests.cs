@@ -181,6 +181,41 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     }
 
     [Fact]
+    public async Task The_parent_of_a_backup_in_progress_cannot_be_deleted()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        var request = BackupVm(s.Storage, Volumes(Size, access.SocketPath));
+        request["info"] = new JsonObject { ["bandwidth-limit"] = 256L << 10 };
+        s.Client.SendLine(new JsonObject { ["jsonrpc"] = "2.0", ["id"] = 77, ["method"] = "backup_vm", ["params"] = request }.ToJsonString());
+        var staged = Path.Combine(s.Storage.Root, "100", ".staging-qemu-1700000100", "manifest.json");
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!File.Exists(staged))
+        {
+            Assert.True(DateTime.UtcNow < deadline, "the backup did not start");
+            await Task.Delay(20);
+        }
+
+        using (var admin = daemon.Connect())
+        {
+            var e = admin.Fail("free_image", Json.Params(s.Storage, ("volname", "backup/100/qemu-1700000000")));
+            Assert.Equal((int)ErrorCode.HasDependents, e.Code);
+            Assert.Contains("the backup in progress qemu-1700000100", e.Message, StringComparison.Ordinal);
+        }
+
+        var reply = s.Client.ReadMessage()!;
+        while (reply["id"] is null)
+        {
+            reply = s.Client.ReadMessage()!;
+        }
+        Assert.Null(reply["error"]);
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", true), ("info", new JsonObject())));
+        Assert.Equal("qemu-1700000000", new BackupStore(new StorageConfig("faults", s.Storage.Root), new StoreSettings())
+            .ReadManifest(VolumeName.Parse("backup/100/qemu-1700000100")).Devices.Single().Parent);
+    }
+
+    [Fact]
     public async Task A_client_that_goes_away_mid_copy_leaves_nothing_behind()
     {
         using var s = await WithOneBackupAsync();

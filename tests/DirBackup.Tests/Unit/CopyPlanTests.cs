@@ -60,3 +60,67 @@ public class CopyPlanTests
         Assert.Equal([(0, 10, true)], CopyPlan.ZeroRuns(new byte[10], 4).ToList());
     }
 }
+
+public class WorkUnitTests
+{
+    private const int Chunk = 1024;
+    private const int Block = 256;
+
+    [Fact]
+    public void Small_scattered_changes_of_many_chunks_travel_in_one_unit()
+    {
+        // One 256-byte dirty block in each of eight chunks: 2 KiB of data, one buffer.
+        var extents = new List<DirBackup.Nbd.Extent>();
+        for (long c = 0; c < 8; c++)
+        {
+            extents.Add(new(c * Chunk, Block, 1));
+            extents.Add(new(c * Chunk + Block, Chunk - Block, 0));
+        }
+        var chunks = CopyPlan.Build(extents, 8 * Chunk, fromDirtyBitmap: true, Chunk);
+        var units = WorkUnits.Pack(chunks, hasBacking: true, parentDigests: true, Block, bufferSize: Chunk * 4);
+
+        var unit = Assert.Single(units);
+        Assert.Equal(8, unit.Chunks.Length);
+        Assert.Equal(8 * Block, unit.PackedLength);
+        Assert.All(unit.Segments, s => Assert.Equal(SegmentSource.Source, s.Source));
+        Assert.Equal(Enumerable.Range(0, 8).Select(i => i * Block), unit.Segments.Select(s => s.PackedOffset));
+    }
+
+    [Fact]
+    public void Units_never_need_more_than_the_buffer()
+    {
+        var chunks = CopyPlan.Build([new DirBackup.Nbd.Extent(0, 10 * Chunk, 0)], 10 * Chunk, fromDirtyBitmap: false, Chunk);
+        var units = WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, bufferSize: 3 * Chunk);
+        Assert.Equal([3, 3, 3, 1], units.Select(u => u.Chunks.Length));
+        Assert.All(units, u => Assert.True(u.PackedLength <= 3 * Chunk));
+    }
+
+    [Fact]
+    public void A_partly_changed_block_reads_its_kept_part_back_and_whole_kept_blocks_do_not()
+    {
+        // dirty [100, 300): blocks 0 and 1 are partly kept, blocks 2 and 3 are kept whole.
+        var chunks = CopyPlan.Build([new(0, 100, 0), new(100, 200, 1), new(300, 724, 0)], Chunk, fromDirtyBitmap: true, Chunk);
+        var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: true, parentDigests: true, Block, Chunk));
+        Assert.Equal([
+            new Segment(0, 100, SegmentSource.Target, 0),
+            new Segment(100, 200, SegmentSource.Source, 100),
+            new Segment(300, 212, SegmentSource.Target, 300)], unit.Segments);
+    }
+
+    [Fact]
+    public void Without_parent_digests_every_kept_byte_of_a_changed_chunk_is_read_back()
+    {
+        var chunks = CopyPlan.Build([new(0, 100, 1), new(100, 924, 0)], Chunk, fromDirtyBitmap: true, Chunk);
+        var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: true, parentDigests: false, Block, Chunk));
+        Assert.Equal(Chunk, unit.PackedLength);
+    }
+
+    [Fact]
+    public void Zero_chunks_of_a_full_backup_need_no_memory_at_all()
+    {
+        var chunks = CopyPlan.Build([new(0, 4 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 4 * Chunk, fromDirtyBitmap: false, Chunk);
+        var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, Chunk));
+        Assert.Empty(unit.Segments);
+        Assert.Equal(4, unit.Chunks.Length);
+    }
+}
