@@ -28,12 +28,32 @@ public sealed class VmBench(string repo, string work, string daemonDll)
     public async Task RunAsync()
     {
         await PrepareAsync();
-        var results = new Dictionary<string, List<double>>();
-        void Add(string name, double seconds) => (results.TryGetValue(name, out var l) ? l : results[name] = []).Add(seconds);
 
         var socket = Path.Combine(work, "run", "vm-bench.sock");
         using var daemon = StartDaemon(socket);
         await WaitForSocketAsync(socket);
+        if (daemon.HasExited)
+        {
+            throw new InvalidOperationException("the daemon did not start (another one left running on " + socket + "?)");
+        }
+        try
+        {
+            await MeasureAsync(daemon, socket);
+        }
+        finally
+        {
+            if (!daemon.HasExited)
+            {
+                daemon.Kill();
+            }
+        }
+    }
+
+    private async Task MeasureAsync(Process daemon, string socket)
+    {
+        var results = new Dictionary<string, List<double>>();
+        void Add(string name, double seconds) => (results.TryGetValue(name, out var l) ? l : results[name] = []).Add(seconds);
+
         await using (var source = await ExportAsync(StateA, bitmap: false))
         {
             for (int run = 0; run < Runs; run++)
@@ -93,7 +113,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
     private async Task OursAsync(string daemonSocket, string sourceSocket, int vmid, bool bitmap, long time = 1_700_000_000)
     {
         var storage = Path.Combine(Out, "..", "store");
-        if (vmid != 200 + Runs && Directory.Exists(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture))))
+        if (time == 1_700_000_000 && Directory.Exists(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture))))
         {
             Directory.Delete(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture)), recursive: true);
         }
@@ -285,7 +305,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
         await process.WaitForExitAsync();
         if (process.ExitCode != 0)
         {
-            throw new InvalidOperationException($"{tool} failed: {await stderr}");
+            throw new InvalidOperationException($"{tool} failed: {await stderr} {await stdout}");
         }
         return await stdout;
     }

@@ -44,6 +44,13 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             first = run.Output;
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2"));
         }
+        // Everything copied was trimmed from the export, so PVE's fleecing image would not keep it.
+        var blank = Path.Combine(storage.Root + "-vm", "blank.raw");
+        await using (var f = File.Create(blank))
+        {
+            f.SetLength(Size);
+        }
+        await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "raw", Path.Combine(storage.Root + "-vm", "export-1.qcow2"), blank], CancellationToken.None);
         await disk.CommitBitmapAsync();
         Assert.Equal("new", first["incremental"]![Device]!.GetValue<string>());
         Assert.Equal("100/qemu-1700000000", first["archive"]!.GetValue<string>());

@@ -70,7 +70,7 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
             }
             await Task.Delay(10);
         }
-        return new BackupAccess(process, socket, frozen);
+        return new BackupAccess(process, socket, frozen, exported);
     }
 
     public static async Task Run(string tool, params string[] args)
@@ -79,9 +79,12 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
     }
 }
 
-public sealed class BackupAccess(Process process, string socket, string frozenState) : IAsyncDisposable
+public sealed class BackupAccess(Process process, string socket, string frozenState, string exportedImage) : IAsyncDisposable
 {
     public string SocketPath => socket;
+
+    /// <summary>The image behind the export, which the backup trims as it copies (PVE's fleecing image).</summary>
+    public string ExportedImage => exportedImage;
 
     /// <summary>The disk as it was when this backup access started: what the backup must equal.</summary>
     public string FrozenState => frozenState;
@@ -90,7 +93,8 @@ public sealed class BackupAccess(Process process, string socket, string frozenSt
     {
         if (!process.HasExited)
         {
-            process.Kill();
+            // SIGTERM: QEMU writes its cached qcow2 metadata back before it exits.
+            Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
             await process.WaitForExitAsync();
         }
         process.Dispose();

@@ -169,6 +169,24 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     }
 
     [Fact]
+    public async Task Guest_and_firewall_configs_are_kept_byte_for_byte()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        byte[] config = [.. "memory: 512\n#qmdump#map:scsi0:drive-scsi0:local:qcow2:\n"u8.ToArray(), 0xFF, 0x00, 0xC3, 0xA9, (byte)'\n'];
+        byte[] firewall = [.. "[OPTIONS]\nenable: 1\n"u8.ToArray(), 0xFE];
+        var request = BackupVm(s.Storage, Volumes(Size, access.SocketPath));
+        request["guest-config"] = Convert.ToBase64String(config);
+        request["info"] = new JsonObject { ["firewall-config"] = Convert.ToBase64String(firewall) };
+        s.Client.Call("backup_vm", request);
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", true), ("info", new JsonObject())));
+        var volname = Json.Params(s.Storage, ("volname", "backup/100/qemu-1700000100"));
+        Assert.Equal(config, Convert.FromBase64String(s.Client.Call("archive_get_guest_config", volname)!.GetValue<string>()));
+        Assert.Equal(firewall, Convert.FromBase64String(s.Client.Call("archive_get_firewall_config", volname.DeepClone())!.GetValue<string>()));
+    }
+
+    [Fact]
     public async Task Backup_cleanup_for_an_unknown_guest_or_undefined_type_is_harmless()
     {
         using var s = await WithOneBackupAsync();
