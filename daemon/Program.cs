@@ -5,6 +5,7 @@ using DirBackup.Backup;
 using DirBackup.Errors;
 using DirBackup.Logging;
 using DirBackup.Protocol;
+using DirBackup.Restore;
 using DirBackup.Rpc;
 using DirBackup.Store;
 using Microsoft.Extensions.Logging;
@@ -59,10 +60,12 @@ public static class Program
 
         var storeSettings = new StoreSettings();
         var backupSettings = new BackupSettings { RuntimeDir = StorageConfig.CheckPath(runtimeDir) };
+        var restores = new RestoreSessions(backupSettings.RuntimeDir);
+        await restores.RemoveLeftoversAsync().ConfigureAwait(false);
         var methods = MethodTable.From(
             new SessionApi(Version, Catalog.Shared.ProtocolVersion),
             new StorageApi(storeSettings),
-            new ProviderApi(storeSettings, backupSettings, new BackupSessions(), Version));
+            new ProviderApi(storeSettings, backupSettings, new BackupSessions(), restores, Version));
         var server = new RpcServer(new ServerSettings { SocketPath = StorageConfig.CheckPath(socketPath) }, methods, Catalog.Shared, loggers);
         try
         {

@@ -1,6 +1,7 @@
 using System.Text.Json;
 using DirBackup.Backup;
 using DirBackup.Errors;
+using DirBackup.Restore;
 using DirBackup.Rpc;
 using DirBackup.Store;
 
@@ -10,7 +11,7 @@ namespace DirBackup.Api;
 /// The backup-provider methods (PVE-API.md 3.2). Reading what a committed backup holds works now; the
 /// backup and restore paths answer, honestly, that this daemon version does not have them yet.
 /// </summary>
-public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, string daemonVersion)
+public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, RestoreSessions restores, string daemonVersion)
 {
     private readonly VmBackup vmBackup = new(backupSettings);
 
@@ -217,10 +218,43 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
 
     [RpcMethod("backup_container_prepare")] private Task<object?> BackupContainerPrepare(RpcArgs args, CallContext context) => NotYet(args, "container backups");
     [RpcMethod("backup_container")] private Task<object?> BackupContainer(RpcArgs args, CallContext context) => NotYet(args, "container backups");
-    [RpcMethod("restore_vm_init")] private Task<object?> RestoreVmInit(RpcArgs args, CallContext context) => NotYet(args, "VM restores");
-    [RpcMethod("restore_vm_cleanup")] private Task<object?> RestoreVmCleanup(RpcArgs args, CallContext context) => NotYet(args, "VM restores");
-    [RpcMethod("restore_vm_volume_init")] private Task<object?> RestoreVmVolumeInit(RpcArgs args, CallContext context) => NotYet(args, "VM restores");
-    [RpcMethod("restore_vm_volume_cleanup")] private Task<object?> RestoreVmVolumeCleanup(RpcArgs args, CallContext context) => NotYet(args, "VM restores");
+    [RpcMethod("restore_vm_init")]
+    private Task<object?> RestoreVmInit(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var volume = VmVolume(args);
+        var manifest = store.ReadManifest(volume);
+        restores.Begin(store, volume);
+        return Task.FromResult<object?>(manifest.Devices.ToDictionary(d => d.Name, d => new Dictionary<string, long> { ["size"] = d.Size }));
+    }
+
+    [RpcMethod("restore_vm_volume_init")]
+    private async Task<object?> RestoreVmVolumeInit(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var path = await restores.ExportAsync(store, VmVolume(args), args.String("device"), context.CancellationToken).ConfigureAwait(false);
+        return new Dictionary<string, string> { ["qemu-img-path"] = path };
+    }
+
+    [RpcMethod("restore_vm_volume_cleanup")]
+    private async Task<object?> RestoreVmVolumeCleanup(RpcArgs args, CallContext context)
+    {
+        await restores.StopAsync(Open(args), VmVolume(args), VmBackup.CheckDeviceName(args.String("device"))).ConfigureAwait(false);
+        return null;
+    }
+
+    [RpcMethod("restore_vm_cleanup")]
+    private async Task<object?> RestoreVmCleanup(RpcArgs args, CallContext context)
+    {
+        await restores.EndAsync(Open(args), VmVolume(args)).ConfigureAwait(false);
+        return null;
+    }
+
+    private static VolumeName VmVolume(RpcArgs args)
+    {
+        var volume = args.Volume();
+        return volume.Type == GuestType.Qemu ? volume : throw DirBackupException.InvalidParams($"'{volume}' is a container backup, not a VM backup");
+    }
     [RpcMethod("restore_container_init")] private Task<object?> RestoreContainerInit(RpcArgs args, CallContext context) => NotYet(args, "container restores");
     [RpcMethod("restore_container_cleanup")] private Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context) => NotYet(args, "container restores");
 
@@ -228,6 +262,6 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     {
         Open(args);
         throw new DirBackupException(ErrorCode.NotImplementedYet,
-            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up VMs and lists, annotates and deletes backups");
+            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up and restores VMs and lists, annotates and deletes backups");
     }
 }

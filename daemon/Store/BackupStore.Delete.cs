@@ -18,6 +18,10 @@ public sealed partial class BackupStore
         using (await LockGuestIfPresentAsync(volume, cancellationToken).ConfigureAwait(false))
         {
             var manifest = ReadManifest(volume);
+            if (InUse.IsInUse(Root, volume))
+            {
+                throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored; try again after the restore");
+            }
             if (manifest.Protected)
             {
                 throw new DirBackupException(ErrorCode.Protected, $"cannot remove protected backup '{volume}' on '{config.StoreId}': remove the protection first");

@@ -209,7 +209,7 @@ public abstract class StorageMethodsScenario(DaemonFixture daemon)
     {
         var storage = daemon.NewStorage();
         using var client = daemon.Connect();
-        var e = client.Fail("restore_vm_init", Json.Params(storage, ("volname", "backup/100/qemu-1700000000")));
+        var e = client.Fail("restore_container_init", Json.Params(storage, ("volname", "backup/100/lxc-1700000000")));
         Assert.Equal((int)ErrorCode.NotImplementedYet, e.Code);
         Assert.Contains("not implemented yet", e.Message, StringComparison.Ordinal);
         Assert.Empty(Directory.EnumerateFileSystemEntries(storage.Root));

@@ -1,0 +1,90 @@
+using System.Text.Json;
+using DirBackup.Backup;
+using DirBackup.Errors;
+using DirBackup.Native;
+using DirBackup.Qemu;
+using DirBackup.Store;
+
+namespace DirBackup.Restore;
+
+/// <summary>
+/// A device's image chain, built from the catalog (manifests), never from image headers, and checked layer by
+/// layer: a regular file where the manifest says, qcow2, no external data file, the recorded size, and a header
+/// whose backing file is exactly the parent the manifest names (anything else is a tampered image).
+/// </summary>
+public static class ChainBuilder
+{
+    public static async Task<List<ChainLayer>> BuildAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    {
+        VmBackup.CheckDeviceName(device);
+        var layers = new List<ChainLayer>();
+        var current = volume;
+        var seen = new HashSet<VolumeName>();
+        while (true)
+        {
+            if (!seen.Add(current))
+            {
+                throw DirBackupException.Io($"backup '{volume}': the chain of '{device}' loops at '{current}'");
+            }
+            var manifest = store.ReadManifest(current);
+            var entry = manifest.Devices.FirstOrDefault(d => d.Name == device)
+                ?? throw (current == volume
+                    ? DirBackupException.InvalidParams($"backup '{volume}' has no device '{device}' (it has {string.Join(", ", manifest.Devices.Select(d => d.Name))})")
+                    : DirBackupException.Io($"backup '{volume}': parent '{current}' lacks device '{device}'"));
+            if (entry.File != device + ".qcow2")
+            {
+                throw DirBackupException.Io($"backup '{current}': manifest names '{entry.File}' for device '{device}'");
+            }
+            VolumeName? parent = entry.Parent is null ? null
+                : VolumeName.FromDirectory(current.VmId, entry.Parent) ?? throw DirBackupException.Io($"backup '{current}': parent '{entry.Parent}' is not a backup name");
+            var path = Path.Combine(store.BackupDir(current), entry.File);
+            var expectedBacking = parent is VolumeName p ? $"../{p.BackupDirName}/{entry.File}" : null;
+            layers.Add(new ChainLayer(path, current.ToString(), entry.Size, expectedBacking));
+            if (parent is not VolumeName next)
+            {
+                break;
+            }
+            current = next;
+        }
+        layers.Reverse();
+        foreach (var layer in layers)
+        {
+            await CheckLayerAsync(layer, cancellationToken).ConfigureAwait(false);
+        }
+        return layers;
+    }
+
+    private static async Task CheckLayerAsync(ChainLayer layer, CancellationToken cancellationToken)
+    {
+        int type = Libc.FileType(layer.Path);
+        if (type == -1)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is missing");
+        }
+        if (type != Libc.S_IFREG)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is not a regular file (a link or something else replaced it)");
+        }
+        // qemu-img info opens only this image (no backing file, no I/O) and reports what its header says.
+        var json = await ChildProcess.RunAsync(QemuImg.Tool, ["info", "--output=json", "-f", "qcow2", layer.Path], cancellationToken).ConfigureAwait(false);
+        using var info = JsonDocument.Parse(json);
+        var root = info.RootElement;
+        if (root.GetProperty("format").GetString() != "qcow2")
+        {
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' is not qcow2");
+        }
+        if (root.GetProperty("virtual-size").GetInt64() != layer.Size)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' has {root.GetProperty("virtual-size").GetInt64()} bytes, the manifest records {layer.Size}");
+        }
+        if (root.TryGetProperty("format-specific", out var specific) && specific.TryGetProperty("data", out var data) && data.TryGetProperty("data-file", out var dataFile))
+        {
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' keeps its data in an external file '{dataFile.GetString()}'; refusing it");
+        }
+        string? backing = root.TryGetProperty("backing-filename", out var b) ? b.GetString() : null;
+        if (backing != layer.ExpectedBacking)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: the header of '{layer.Path}' names backing file '{backing ?? "(none)"}' where the catalog says '{layer.ExpectedBacking ?? "(none)"}'; refusing a tampered image");
+        }
+    }
+}

@@ -1,0 +1,88 @@
+using System.Collections.Concurrent;
+using DirBackup.Store;
+
+namespace DirBackup.Restore;
+
+/// <summary>
+/// VM restores in progress, keyed by storage, volume name and device: PVE makes each restore call from a new
+/// provider object, possibly in another process, so nothing lives in a connection.
+/// </summary>
+public sealed class RestoreSessions(string runtimeDir)
+{
+    private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<FuseExport>>> _exports = new();
+    private readonly SemaphoreSlim _teardown = new(1, 1);
+
+    public string ExportDir => Path.Combine(runtimeDir, "restore");
+
+    public void Begin(BackupStore store, VolumeName volume) => InUse.Acquire(store.Root, volume);
+
+    public async Task<string> ExportAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    {
+        var key = (store.Root, volume, device);
+        InUse.Acquire(store.Root, volume);
+        var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<FuseExport>>(() => StartAsync(store, volume, device, cancellationToken)));
+        try
+        {
+            return (await lazy.Value.ConfigureAwait(false)).Path;
+        }
+        catch
+        {
+            _exports.TryRemove(new KeyValuePair<(string, VolumeName, string), Lazy<Task<FuseExport>>>(key, lazy));
+            throw;
+        }
+    }
+
+    private async Task<FuseExport> StartAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    {
+        var layers = await ChainBuilder.BuildAsync(store, volume, device, cancellationToken).ConfigureAwait(false);
+        var mountpoint = Path.Combine(ExportDir, $"{volume.VmId}-{volume.BackupDirName}-{device}-{Guid.NewGuid():N}.raw");
+        return await FuseExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
+    }
+
+    /// <summary>Idempotent: a device never exported, or already torn down, is fine.</summary>
+    public async Task StopAsync(BackupStore store, VolumeName volume, string device)
+    {
+        if (_exports.TryRemove((store.Root, volume, device), out var lazy))
+        {
+            await StopOneAsync(lazy).ConfigureAwait(false);
+        }
+    }
+
+    /// <summary>restore_vm_cleanup: every export of the backup goes, and the backup may be deleted again.</summary>
+    public async Task EndAsync(BackupStore store, VolumeName volume)
+    {
+        foreach (var key in _exports.Keys.Where(k => k.Root == store.Root && k.Volume == volume).ToList())
+        {
+            if (_exports.TryRemove(key, out var lazy))
+            {
+                await StopOneAsync(lazy).ConfigureAwait(false);
+            }
+        }
+        InUse.ReleaseAll(store.Root, volume);
+    }
+
+    private async Task StopOneAsync(Lazy<Task<FuseExport>> lazy)
+    {
+        FuseExport export;
+        try
+        {
+            export = await lazy.Value.ConfigureAwait(false);
+        }
+        catch (Exception)
+        {
+            // An export that never started has nothing to tear down; its caller already got the error.
+            return;
+        }
+        await _teardown.WaitAsync().ConfigureAwait(false);
+        try
+        {
+            await export.StopAsync().ConfigureAwait(false);
+        }
+        finally
+        {
+            _teardown.Release();
+        }
+    }
+
+    public Task RemoveLeftoversAsync() => FuseExport.RemoveLeftoversAsync(ExportDir);
+}
