@@ -37,8 +37,10 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
 
         // 1: full (the first backup of a guest is always full).
         JsonObject first;
+        var states = new List<string>();
         await using (var access = await disk.OpenBackupAccessAsync(Device))
         {
+            states.Add(access.FrozenState);
             var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000000, notes: "first");
             Assert.True(run.ExitCode == 0, run.Log);
             first = run.Output;
@@ -63,6 +65,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000100);
             Assert.True(run.ExitCode == 0, run.Log);
             Assert.Equal("use", run.Output["incremental"]![Device]!.GetValue<string>());
+            states.Add(access.FrozenState);
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
         }
         await disk.CommitBitmapAsync();
@@ -74,6 +77,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         {
             var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, 1700000200);
             Assert.True(run.ExitCode == 0, run.Log);
+            states.Add(access.FrozenState);
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000200", Device + ".qcow2"));
         }
         Assert.Equal((64L << 10) + (2L << 20), BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000200")));
@@ -88,5 +92,17 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         Assert.Equal("e2e:backup/100/qemu-1700000100", list[2]!["parent"]!.GetValue<string>());
         var config = Convert.FromBase64String(client.Call("archive_get_guest_config", Json.Params(storage, ("volname", "backup/100/qemu-1700000200")))!.GetValue<string>());
         Assert.Contains("#qmdump#map:scsi0:drive-scsi0:local:qcow2:", System.Text.Encoding.UTF8.GetString(config), StringComparison.Ordinal);
+
+        // Restore every backup as qemu-server does, the middle one while a newer one exists, and compare byte for byte.
+        var times = new[] { 1700000000, 1700000100, 1700000200 };
+        foreach (var i in new[] { 1, 0, 2 })
+        {
+            var target = Path.Combine(storage.Root + "-vm", $"restore-{i}");
+            var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, $"backup/100/qemu-{times[i]}", target);
+            Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
+            var raw = restore.Output["restored"]![Device]!.GetValue<string>();
+            await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", raw, states[i]], CancellationToken.None);
+        }
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Path.GetDirectoryName(daemon.SocketPath)!, "qsd", "restore")));
     }
 }

@@ -22,6 +22,13 @@ public static class VzdumpVm
 
     public sealed record Result(int ExitCode, JsonObject Output, string Log);
 
+    /// <summary>tools/qmrestore-vm: one restore in qemu-server's order, raw images written into <paramref name="targetDir"/>.</summary>
+    public static Task<Result> RestoreAsync(string daemonSocket, StorageBuilder storage, string volname, string targetDir)
+    {
+        Directory.CreateDirectory(targetDir);
+        return RunPerlAsync(daemonSocket, ["tools/qmrestore-vm", "--storeid", storage.StoreId, "--path", storage.Root, "--volname", volname, "--target-dir", targetDir]);
+    }
+
     public static async Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
         string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null)
     {
@@ -50,8 +57,13 @@ public static class VzdumpVm
         {
             args.AddRange(["--log", logFile]);
         }
+        return await RunPerlAsync(daemonSocket, args.Skip(5).ToList());
+    }
+
+    private static async Task<Result> RunPerlAsync(string daemonSocket, List<string> script)
+    {
         var psi = new ProcessStartInfo("perl") { WorkingDirectory = RepoRoot, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
+        foreach (var arg in new[] { "-T", "-I", "perl-shim", "-I", "tests/perl/lib" }.Concat(script))
         {
             psi.ArgumentList.Add(arg);
         }
@@ -68,7 +80,7 @@ public static class VzdumpVm
         }
         catch (System.Text.Json.JsonException)
         {
-            throw new InvalidOperationException($"vzdump-vm printed no result ({process.ExitCode}): {text}\n{await stderr}");
+            throw new InvalidOperationException($"{script[0]} printed no result ({process.ExitCode}): {text}\n{await stderr}");
         }
         return new Result(process.ExitCode, output, await stderr);
     }

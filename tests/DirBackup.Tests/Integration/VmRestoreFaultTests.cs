@@ -1,0 +1,151 @@
+using System.Text.Json.Nodes;
+using DirBackup.Errors;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Integration;
+
+/// <summary>A restore refuses every chain it cannot vouch for, exports nothing, and changes nothing.</summary>
+[Collection(PathSocketCollection.Name)]
+[Trait("speed", "slow")]
+public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
+{
+    private const string Device = "drive-scsi0";
+    private const long Size = 8L << 20;
+    private const string Top = "backup/100/qemu-1700000100";
+
+    private sealed record Setup(StorageBuilder Storage, LineClient Client, string BaseImage, string TopImage) : IDisposable
+    {
+        public void Dispose() => Client.Dispose();
+    }
+
+    private async Task<Setup> WithChainAsync()
+    {
+        var storage = daemon.NewStorage("restore");
+        var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:restore");
+        await disk.WriteAsync("write -P 0x31 0 2M");
+        foreach (var time in new[] { 1700000000, 1700000100 })
+        {
+            await using (var access = await disk.OpenBackupAccessAsync(Device))
+            {
+                var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, time);
+                Assert.True(run.ExitCode == 0, run.Log);
+            }
+            await disk.CommitBitmapAsync();
+            await disk.WriteAsync("write -P 0x42 4M 1M");
+        }
+        return new Setup(storage, daemon.Connect(),
+            Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2"),
+            Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
+    }
+
+    private string ExportDir => Path.Combine(Path.GetDirectoryName(daemon.SocketPath)!, "qsd", "restore");
+
+    private RpcErrorException RefusedAndNothingExported(Setup s, string volname = Top, string device = Device)
+    {
+        var before = s.Storage.Snapshot();
+        s.Client.Call("restore_vm_init", Json.Params(s.Storage, ("volname", volname)));
+        var e = s.Client.Fail("restore_vm_volume_init", Json.Params(s.Storage, ("volname", volname), ("device", device), ("info", new JsonObject())));
+        Assert.DoesNotContain('\n', e.Message);
+        s.Client.Call("restore_vm_volume_cleanup", Json.Params(s.Storage, ("volname", volname), ("device", Device), ("info", new JsonObject())));
+        s.Client.Call("restore_vm_cleanup", Json.Params(s.Storage, ("volname", volname)));
+        Assert.False(Directory.Exists(ExportDir) && Directory.EnumerateFiles(ExportDir).Any(), "an export was left behind");
+        Assert.Equal(before, s.Storage.Snapshot());
+        return e;
+    }
+
+    [Fact]
+    public async Task A_header_naming_a_backing_file_outside_the_storage_is_refused()
+    {
+        using var s = await WithChainAsync();
+        await SourceDisk.Run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "/etc/shadow", s.TopImage);
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("names backing file '/etc/shadow'", e.Message, StringComparison.Ordinal);
+        Assert.Contains("tampered", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_header_with_a_json_file_name_is_refused()
+    {
+        using var s = await WithChainAsync();
+        await SourceDisk.Run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "json:{\"file\":{\"driver\":\"file\",\"filename\":\"/etc/shadow\"}}", s.TopImage);
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("json:", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_base_naming_a_backing_file_of_its_own_is_refused()
+    {
+        using var s = await WithChainAsync();
+        await SourceDisk.Run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "raw", "-b", "/etc/passwd", s.BaseImage);
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("qemu-1700000000", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_layer_replaced_by_a_symlink_is_refused()
+    {
+        using var s = await WithChainAsync();
+        File.Move(s.BaseImage, s.BaseImage + ".real");
+        File.CreateSymbolicLink(s.BaseImage, s.BaseImage + ".real");
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("is not a regular file", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_missing_layer_is_refused()
+    {
+        using var s = await WithChainAsync();
+        File.Delete(s.BaseImage);
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("is missing", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_layer_with_an_external_data_file_is_refused()
+    {
+        using var s = await WithChainAsync();
+        File.Delete(s.BaseImage);
+        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", "-o", $"data_file={s.BaseImage}.data", s.BaseImage, Size.ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var e = RefusedAndNothingExported(s);
+        Assert.Contains("external file", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_device_the_backup_does_not_have_is_refused()
+    {
+        using var s = await WithChainAsync();
+        var e = RefusedAndNothingExported(s, device: "drive-virtio7");
+        Assert.Equal($"backup '{Top}' has no device 'drive-virtio7' (it has drive-scsi0)", e.Message);
+    }
+
+    [Fact]
+    public async Task A_volume_name_this_storage_does_not_hold_is_refused()
+    {
+        using var s = await WithChainAsync();
+        var e = s.Client.Fail("restore_vm_init", Json.Params(s.Storage, ("volname", "backup/100/qemu-1600000000")));
+        Assert.Equal((int)ErrorCode.NotFound, e.Code);
+        e = s.Client.Fail("restore_vm_volume_init", Json.Params(s.Storage, ("volname", "backup/100/lxc-1700000000"), ("device", Device), ("info", new JsonObject())));
+        Assert.Contains("container backup", e.Message, StringComparison.Ordinal);
+        Assert.False(Directory.Exists(ExportDir) && Directory.EnumerateFiles(ExportDir).Any());
+    }
+
+    [Fact]
+    public async Task Cleanup_twice_or_without_init_is_harmless_and_a_restore_blocks_deletion()
+    {
+        using var s = await WithChainAsync();
+        s.Client.Call("restore_vm_cleanup", Json.Params(s.Storage, ("volname", Top)));
+        s.Client.Call("restore_vm_volume_cleanup", Json.Params(s.Storage, ("volname", Top), ("device", Device), ("info", new JsonObject())));
+        s.Client.Call("restore_vm_init", Json.Params(s.Storage, ("volname", Top)));
+        var path = s.Client.Call("restore_vm_volume_init", Json.Params(s.Storage, ("volname", Top), ("device", Device), ("info", new JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+        Assert.Equal(Size, new FileInfo(path).Length);
+        Assert.Equal((int)ErrorCode.Busy, s.Client.Fail("free_image", Json.Params(s.Storage, ("volname", Top))).Code);
+        for (int i = 0; i < 2; i++)
+        {
+            s.Client.Call("restore_vm_volume_cleanup", Json.Params(s.Storage, ("volname", Top), ("device", Device), ("info", new JsonObject())));
+            s.Client.Call("restore_vm_cleanup", Json.Params(s.Storage, ("volname", Top)));
+        }
+        Assert.False(File.Exists(path));
+        s.Client.Call("free_image", Json.Params(s.Storage, ("volname", Top)));
+    }
+}
