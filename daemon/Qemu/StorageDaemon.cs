@@ -21,6 +21,7 @@ public sealed class StorageDaemon : IAsyncDisposable
         _process = process;
         SocketPath = socketPath;
         _stderr = process.StandardError.ReadToEndAsync();
+        _ = process.StandardOutput.ReadToEndAsync();
     }
 
     public string SocketPath { get; }
@@ -52,13 +53,14 @@ public sealed class StorageDaemon : IAsyncDisposable
     private static async Task<StorageDaemon> StartAsync(string imagePath, string runtimeDir, string ioMode, CancellationToken cancellationToken)
     {
         var socket = Path.Combine(runtimeDir, $"qsd-{Guid.NewGuid():N}.sock");
-        var psi = new ProcessStartInfo(Tool) { RedirectStandardError = true, RedirectStandardOutput = false, UseShellExecute = false };
+        var psi = new ProcessStartInfo(Tool) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         foreach (var arg in new[]
         {
             "--blockdev", $"driver=file,node-name=file0,filename={Escape(imagePath)},{ioMode}",
             "--blockdev", "driver=qcow2,node-name=disk0,file=file0,discard=unmap",
             "--nbd-server", $"addr.type=unix,addr.path={Escape(socket)}",
             "--export", $"type=nbd,id=target,node-name=disk0,name={ExportName},writable=on",
+            "--pidfile", socket + ".pid",
         })
         {
             psi.ArgumentList.Add(arg);
@@ -136,6 +138,7 @@ public sealed class StorageDaemon : IAsyncDisposable
             }
         }
         TryDelete(SocketPath);
+        TryDelete(SocketPath + ".pid");
         if (_process.ExitCode != 0)
         {
             throw DirBackupException.Io($"{Tool} failed: {DirBackupException.OneLine(await _stderr.ConfigureAwait(false))}");
@@ -177,6 +180,7 @@ public sealed class StorageDaemon : IAsyncDisposable
             await _process.WaitForExitAsync().ConfigureAwait(false);
         }
         TryDelete(SocketPath);
+        TryDelete(SocketPath + ".pid");
         _process.Dispose();
     }
 }

@@ -29,7 +29,8 @@ public sealed class FuseExport
     {
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(mountpoint)!);
         await File.WriteAllBytesAsync(mountpoint, [], cancellationToken).ConfigureAwait(false);
-        var psi = new ProcessStartInfo(StorageDaemon.Tool) { RedirectStandardError = true, UseShellExecute = false };
+        // Our own stdout is not handed down: a child outliving a crashed daemon would keep its log pipe open.
+        var psi = new ProcessStartInfo(StorageDaemon.Tool) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         for (int i = 0; i < layers.Count; i++)
         {
             psi.ArgumentList.Add("--blockdev");
@@ -54,6 +55,7 @@ public sealed class FuseExport
         var process = Process.Start(psi) ?? throw DirBackupException.Io($"cannot start {StorageDaemon.Tool}");
         var export = new FuseExport(process, mountpoint);
         var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
+        _ = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
         long size = layers[^1].Size;
         var deadline = DateTime.UtcNow.AddSeconds(30);
         while (new FileInfo(mountpoint).Length != size)
@@ -110,17 +112,17 @@ public sealed class FuseExport
     }
 
     /// <summary>
-    /// Exports left by a daemon that died: their qemu-storage-daemon may still run and hold the FUSE mount.
+    /// Exports (and backup targets) left by a daemon that died: their qemu-storage-daemon may still run and hold the FUSE mount.
     /// Run at start, before anything is served.
     /// </summary>
-    public static async Task RemoveLeftoversAsync(string directory)
+    public static async Task RemoveLeftoversAsync(string directory, string pattern = "*")
     {
         if (!Directory.Exists(directory))
         {
             return;
         }
         var mounts = File.ReadAllLines("/proc/self/mountinfo").Select(l => l.Split(' ')[4]).ToHashSet(StringComparer.Ordinal);
-        foreach (var pidFile in Directory.EnumerateFiles(directory, "*.pid"))
+        foreach (var pidFile in Directory.EnumerateFiles(directory, pattern + ".pid"))
         {
             if (int.TryParse(File.ReadAllText(pidFile).Trim(), NumberStyles.None, CultureInfo.InvariantCulture, out int pid)
                 && File.Exists($"/proc/{pid}/cmdline")
@@ -129,7 +131,7 @@ public sealed class FuseExport
                 Libc.kill(pid, 9);
             }
         }
-        foreach (var file in Directory.EnumerateFiles(directory))
+        foreach (var file in Directory.EnumerateFiles(directory, pattern))
         {
             if (mounts.Contains(file))
             {

@@ -84,5 +84,12 @@ public sealed class RestoreSessions(string runtimeDir)
         }
     }
 
-    public Task RemoveLeftoversAsync() => FuseExport.RemoveLeftoversAsync(ExportDir);
+    /// <summary>At start: restore exports and backup-target servers a crashed daemon left running.</summary>
+    public async Task RemoveLeftoversAsync()
+    {
+        await FuseExport.RemoveLeftoversAsync(ExportDir).ConfigureAwait(false);
+        await FuseExport.RemoveLeftoversAsync(runtimeDir, StorageDaemonSocketPattern).ConfigureAwait(false);
+    }
+
+    private const string StorageDaemonSocketPattern = "qsd-*.sock*";
 }

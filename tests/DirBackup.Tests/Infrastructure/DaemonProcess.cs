@@ -114,6 +114,13 @@ public sealed class DaemonProcess : IAsyncDisposable
         return _process.ExitCode;
     }
 
+    /// <summary>SIGKILL: the daemon dies without cleaning up, as in a crash.</summary>
+    public async Task CrashAsync()
+    {
+        _process.Kill();
+        await _process.WaitForExitAsync();
+    }
+
     public async ValueTask DisposeAsync()
     {
         try
