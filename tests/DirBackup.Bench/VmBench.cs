@@ -65,13 +65,19 @@ public sealed class VmBench(string repo, string work, string daemonDll)
             }
         }
 
-        double incremental;
-        long bytesRead;
+        // The same 2% rewrite backed up three times, each on top of the previous one (the bitmap stays relative to
+        // the full backup, so every run reads the same dirty bytes and writes the same disk).
+        var incrementals = new List<double>();
+        long bytesRead = 0;
         await using (var source = await ExportAsync(StateB, bitmap: true))
         {
-            incremental = await TimeAsync(() => OursAsync(socket, source.Socket, 200 + Runs, bitmap: true, time: 1_700_100_000));
-            bytesRead = ReadBytesOfLastBackup(200 + Runs);
+            for (int run = 0; run < Runs; run++)
+            {
+                incrementals.Add(await TimeAsync(() => OursAsync(socket, source.Socket, 200 + Runs, bitmap: true, time: 1_700_100_000 + run)));
+                bytesRead = ReadBytesOfLastBackup(200 + Runs);
+            }
         }
+        double incremental = Median(incrementals);
         var (viaExport, direct) = await RestoreAsync(socket, 200 + Runs);
         long peakKiB = PeakRssKiB(daemon.Id);
         Process.Start("kill", ["-TERM", daemon.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
@@ -89,7 +95,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
         Console.WriteLine();
         Console.WriteLine("VM incremental backup of the 2% scattered rewrite");
         Console.WriteLine($"  bytes read from the source {bytesRead}, dirty bytes {_rewrittenBytes}: {(bytesRead == _rewrittenBytes ? "equal" : "DIFFERENT")}");
-        Console.WriteLine($"  time {incremental:0.00} s = {incremental / ours * 100:0.0}% of the full backup (target under 10%)");
+        Console.WriteLine($"  time {incremental:0.00} s (median of {Runs}) = {incremental / ours * 100:0.0}% of the full backup (target under 10%)");
         Console.WriteLine();
         Console.WriteLine($"VM restore of the incremental backup (its chain: the full and the incremental), median of {Runs}");
         Console.WriteLine($"  qemu-img convert -f raw <exported file> (as PVE runs it) {viaExport,6:0.00} s  {Size / (1 << 20) / viaExport,6:0} MiB/s");
