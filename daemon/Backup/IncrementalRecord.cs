@@ -56,12 +56,19 @@ public sealed class IncrementalRecord
         try
         {
             var manifest = store.ReadManifest(parent);
-            return manifest.Devices.Any(d => d.Name == device && d.Size == size) ? entry.Backup : null;
+            if (!manifest.Devices.Any(d => d.Name == device && d.Size == size))
+            {
+                return null;
+            }
         }
         catch (DirBackupException)
         {
             return null;
         }
+        // QEMU's bitmap is relative to the newest committed backup of the device. A newer one than the record
+        // names means the record missed its update (it is written just after the commit): only a full backup is safe.
+        bool newerExists = store.ListBackups(vmid).Any(b => b.Volume.BackupTime > parent.BackupTime && b.Manifest.Devices.Any(d => d.Name == device));
+        return newerExists ? null : entry.Backup;
     }
 }
 

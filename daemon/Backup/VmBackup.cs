@@ -135,7 +135,15 @@ public sealed partial class VmBackup(BackupSettings settings)
             session.RemoveStaging();
             throw;
         }
-        await UpdateRecordAsync(session, devices, cancellationToken: CancellationToken.None).ConfigureAwait(false);
+        try
+        {
+            await UpdateRecordAsync(session, devices, cancellationToken: CancellationToken.None).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is DirBackupException or IOException)
+        {
+            // The backup is complete; a stale record only makes the next backup full (see IncrementalRecord.UsableParent).
+            await context.WarnAsync($"backup '{session.Volume}' is complete, but its incremental record was not updated ({e.Message}); the next backup of this guest will be full").ConfigureAwait(false);
+        }
     }
 
     /// <summary>

@@ -48,6 +48,15 @@ public sealed class IncrementalRecordTests : IDisposable
     }
 
     [Fact]
+    public void A_record_older_than_the_newest_backup_of_the_device_is_not_trusted()
+    {
+        _storage.AddVm(100, 1700000000);
+        _storage.AddVm(100, 1700000100, parent: "1700000000");
+        var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
+        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+    }
+
+    [Fact]
     public void A_missing_or_damaged_record_means_every_device_starts_full()
     {
         Assert.Empty(IncrementalRecord.Read(_store, 100).Devices);
