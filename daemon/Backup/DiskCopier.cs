@@ -11,8 +11,6 @@ public sealed record DiskCopyRequest
 {
     public required string SourceSocket { get; init; }
     public required string SourceExport { get; init; }
-    /// <summary>Set for bitmap-mode reuse: copy exactly what this bitmap marks dirty.</summary>
-    public string? DirtyBitmap { get; init; }
     public required long Size { get; init; }
     public required string TargetSocket { get; init; }
     public required string TargetExport { get; init; }
@@ -54,18 +52,23 @@ public static class DiskCopier
 
     private static readonly byte[] ZeroBlockDigest = XxHash128.Hash(new byte[DigestBlock]);
 
-    public static async Task<byte[]> CopyAsync(DiskCopyRequest request, CopyStats stats, Action<string> warn, CancellationToken cancellationToken)
+    /// <summary>
+    /// Walks the source's block status (the dirty bitmap for an incremental, allocation otherwise) into chunk
+    /// work. Separate from the copy so it can run while the target is being set up.
+    /// </summary>
+    public static List<ChunkWork> Plan(string sourceSocket, string sourceExport, string? dirtyBitmap, long size)
     {
-        List<ChunkWork> chunks;
-        var context = request.DirtyBitmap is null ? NbdClient.BaseAllocation : NbdClient.DirtyBitmapContext(request.DirtyBitmap);
-        using (var walker = NbdClient.Connect(request.SourceSocket, request.SourceExport, context))
+        var context = dirtyBitmap is null ? NbdClient.BaseAllocation : NbdClient.DirtyBitmapContext(dirtyBitmap);
+        using var walker = NbdClient.Connect(sourceSocket, sourceExport, context);
+        if (walker.Size != size)
         {
-            if (walker.Size != request.Size)
-            {
-                throw DirBackupException.InvalidParams($"device '{request.SourceExport}': PVE gave size {request.Size}, but the NBD export has {walker.Size} bytes");
-            }
-            chunks = CopyPlan.Build(walker.BlockStatus(context, 0, request.Size), request.Size, request.DirtyBitmap is not null);
+            throw DirBackupException.InvalidParams($"device '{sourceExport}': PVE gave size {size}, but the NBD export has {walker.Size} bytes");
         }
+        return CopyPlan.Build(walker.BlockStatus(context, 0, size), size, dirtyBitmap is not null);
+    }
+
+    public static async Task<byte[]> CopyAsync(List<ChunkWork> chunks, DiskCopyRequest request, CopyStats stats, Action<string> warn, CancellationToken cancellationToken)
+    {
         stats.ToTransfer = chunks.Sum(c => c.Length - c.Bytes(PieceKind.Keep));
         stats.Kept = chunks.Sum(c => c.Bytes(PieceKind.Keep));
         var digests = new byte[BlockCount(request.Size) * DigestSize];

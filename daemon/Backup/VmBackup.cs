@@ -189,22 +189,34 @@ public sealed partial class VmBackup(BackupSettings settings)
         await context.InfoAsync(parent is null
             ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
             : $"{device.Name}: incremental backup of {Units.Bytes(device.Size)} on top of {parent}").ConfigureAwait(false);
-        await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
+        var dirtyBitmap = parent is null ? null : device.BitmapName;
+        // The walk over the source and the target's set-up are independent: overlap them.
+        var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
+        StorageDaemon target;
+        try
+        {
+            await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
+            target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, cancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            await plan.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            throw;
+        }
 
         var stats = new CopyStats();
         byte[] digests;
-        var target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, cancellationToken).ConfigureAwait(false);
         await using (target.ConfigureAwait(false))
         {
+            var chunks = await plan.ConfigureAwait(false);
             var progress = new ProgressReporter(stats, context.InfoAsync, settings.ProgressInterval);
             await using (progress.ConfigureAwait(false))
             {
                 progress.Start();
-                digests = await DiskCopier.CopyAsync(new DiskCopyRequest
+                digests = await DiskCopier.CopyAsync(chunks, new DiskCopyRequest
                 {
                     SourceSocket = device.NbdPath,
                     SourceExport = device.Name,
-                    DirtyBitmap = parent is null ? null : device.BitmapName,
                     Size = device.Size,
                     TargetSocket = target.SocketPath,
                     TargetExport = StorageDaemon.ExportName,
