@@ -77,5 +77,9 @@ public static class Program
             RpcLog.Stopping(logger, e.Message);
             return 1;
         }
+        finally
+        {
+            await restores.StopAllAsync().ConfigureAwait(false);
+        }
     }
 }

@@ -61,6 +61,18 @@ public sealed class RestoreSessions(string runtimeDir)
         InUse.ReleaseAll(store.Root, volume);
     }
 
+    /// <summary>On daemon stop: no FUSE mount outlives its server.</summary>
+    public async Task StopAllAsync()
+    {
+        foreach (var key in _exports.Keys.ToList())
+        {
+            if (_exports.TryRemove(key, out var lazy))
+            {
+                await StopOneAsync(lazy).ConfigureAwait(false);
+            }
+        }
+    }
+
     private async Task StopOneAsync(Lazy<Task<FuseExport>> lazy)
     {
         FuseExport export;

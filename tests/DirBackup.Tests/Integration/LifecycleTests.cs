@@ -85,6 +85,28 @@ public sealed class LifecycleTests : IDisposable
     }
 
     [Fact]
+    [Trait("speed", "slow")]
+    public async Task A_stopping_daemon_tears_its_restore_exports_down()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        var storage = new StorageBuilder(_dir.Combine("store"));
+        var backup = storage.AddVm(100, 1700000000);
+        var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
+        File.Delete(image);
+        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        string export;
+        using (var client = LineClient.Connect(socket))
+        {
+            client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
+            export = client.Call("restore_vm_volume_init", Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+        }
+        Assert.Equal(0, await daemon.TerminateAsync());
+        Assert.DoesNotContain(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
+        Assert.False(File.Exists(export));
+    }
+
+    [Fact]
     public async Task Every_log_line_carries_a_syslog_priority()
     {
         var socket = _dir.Combine("run", "dirbackupd.sock");
