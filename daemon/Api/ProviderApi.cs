@@ -14,6 +14,7 @@ namespace DirBackup.Api;
 public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, RestoreSessions restores, string daemonVersion)
 {
     private readonly VmBackup vmBackup = new(backupSettings);
+    private readonly ContainerBackup containerBackup = new(backupSettings);
 
     private BackupStore Open(RpcArgs args) => new(args.Storage(), settings);
 
@@ -89,9 +90,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     {
         Open(args);
         args.VmId();
-        return GuestTypeOf(args.String("vmtype")) == GuestType.Qemu
-            ? Task.FromResult<object?>("nbd")
-            : NotYet(args, "container backups");
+        return Task.FromResult<object?>(GuestTypeOf(args.String("vmtype")) == GuestType.Qemu ? "nbd" : "directory");
     }
 
     [RpcMethod("backup_vm_query_incremental")]
@@ -216,8 +215,47 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         return mode is "incremental" or "full" ? mode : throw DirBackupException.InvalidParams($"dirbackup-vm-mode '{mode}' is neither incremental nor full");
     }
 
-    [RpcMethod("backup_container_prepare")] private Task<object?> BackupContainerPrepare(RpcArgs args, CallContext context) => NotYet(args, "container backups");
-    [RpcMethod("backup_container")] private Task<object?> BackupContainer(RpcArgs args, CallContext context) => NotYet(args, "container backups");
+    /// <summary>Still root, in the vzdump process: the connection the unprivileged child will borrow is this one.</summary>
+    [RpcMethod("backup_container_prepare")]
+    private Task<object?> BackupContainerPrepare(RpcArgs args, CallContext context)
+    {
+        var session = ContainerSession(args);
+        session.PreparedBy = context.Peer.Pid;
+        return Task.FromResult<object?>(null);
+    }
+
+    [RpcMethod("backup_container")]
+    private async Task<object?> BackupContainer(RpcArgs args, CallContext context)
+    {
+        var session = ContainerSession(args);
+        session.Running = true;
+        try
+        {
+            await containerBackup.RunAsync(session, args, context).ConfigureAwait(false);
+        }
+        finally
+        {
+            session.Running = false;
+            if (context.Connection.Closed.IsCancellationRequested)
+            {
+                sessions.End(session);
+            }
+        }
+        return null;
+    }
+
+    private GuestBackup ContainerSession(RpcArgs args)
+    {
+        var store = Open(args);
+        var vmid = args.VmId();
+        var session = sessions.Find(store, vmid)
+            ?? throw DirBackupException.InvalidParams($"{args.Method} for guest {vmid} without backup_init on storage '{store.Config.StoreId}'");
+        if (session.Volume.Type != GuestType.Lxc || session.Committed || session.Running)
+        {
+            throw DirBackupException.InvalidParams($"{args.Method}: the backup '{session.Volume}' started by backup_init is not a container backup waiting for its data");
+        }
+        return session;
+    }
     [RpcMethod("restore_vm_init")]
     private Task<object?> RestoreVmInit(RpcArgs args, CallContext context)
     {
@@ -255,13 +293,42 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         var volume = args.Volume();
         return volume.Type == GuestType.Qemu ? volume : throw DirBackupException.InvalidParams($"'{volume}' is a container backup, not a VM backup");
     }
-    [RpcMethod("restore_container_init")] private Task<object?> RestoreContainerInit(RpcArgs args, CallContext context) => NotYet(args, "container restores");
-    [RpcMethod("restore_container_cleanup")] private Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context) => NotYet(args, "container restores");
+    /// <summary>tar: the archive itself, a regular file whose name ends in .tar, which pve-container checks and extracts.</summary>
+    [RpcMethod("restore_container_init")]
+    private Task<object?> RestoreContainerInit(RpcArgs args, CallContext context)
+    {
+        var store = Open(args);
+        var volume = args.Volume();
+        if (volume.Type != GuestType.Lxc)
+        {
+            throw DirBackupException.InvalidParams($"'{volume}' is a VM backup, not a container backup");
+        }
+        var manifest = store.ReadManifest(volume);
+        if (manifest.Archive != ContainerBackup.ArchiveFile)
+        {
+            return NotYet(args, "restores of squashfs container backups");
+        }
+        var path = Path.Combine(store.BackupDir(volume), ContainerBackup.ArchiveFile);
+        if (Native.Libc.FileType(path) != Native.Libc.S_IFREG)
+        {
+            throw DirBackupException.Io($"backup '{volume}': '{path}' is missing or not a regular file");
+        }
+        return Task.FromResult<object?>(new Dictionary<string, string> { ["tar-path"] = path });
+    }
+
+    /// <summary>Nothing was mounted for a tar restore; idempotent by nature.</summary>
+    [RpcMethod("restore_container_cleanup")]
+    private Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context)
+    {
+        Open(args);
+        args.Volume();
+        return Task.FromResult<object?>(null);
+    }
 
     private Task<object?> NotYet(RpcArgs args, string feature)
     {
         Open(args);
         throw new DirBackupException(ErrorCode.NotImplementedYet,
-            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up and restores VMs and lists, annotates and deletes backups");
+            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up and restores VMs and containers (tar)");
     }
 }

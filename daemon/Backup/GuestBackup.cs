@@ -19,6 +19,27 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     public bool Running { get; set; }
     public bool Finished { get; private set; }
 
+    /// <summary>The process that called backup_container_prepare: the container child must descend from it.</summary>
+    public int? PreparedBy { get; set; }
+
+    /// <summary>
+    /// Everything synced, then one rename: from here on the backup exists even if vzdump fails later (QEMU may
+    /// already have moved its bitmap on). The manifest's size counts every file of the backup.
+    /// </summary>
+    public void Commit(Manifest manifest)
+    {
+        var staging = StagingDir;
+        var manifestPath = Path.Combine(staging, Manifest.FileName);
+        File.Delete(manifestPath);
+        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
+        AtomicFile.WriteNew(manifestPath, manifest.ToBytes());
+        Native.Libc.FsyncDirectory(staging);
+        Directory.Move(staging, FinalDir);
+        Native.Libc.FsyncDirectory(store.GuestDir(volume.VmId));
+        Committed = true;
+        ManifestCache.Invalidate(store.GuestDir(volume.VmId));
+    }
+
     /// <summary>Ends the backup: an uncommitted staging directory goes, the lock is released. Idempotent.</summary>
     public void Finish()
     {

@@ -108,10 +108,10 @@ public sealed partial class VmBackup(BackupSettings settings)
         try
         {
             var parents = await ClaimParentsAsync(session, devices, cancellationToken).ConfigureAwait(false);
-            WriteFile(Path.Combine(staging, "guest.conf"), args.Bytes("guest-config"));
+            AtomicFile.WriteNew(Path.Combine(staging, "guest.conf"), args.Bytes("guest-config"));
             if (firewall is not null)
             {
-                WriteFile(Path.Combine(staging, "firewall.conf"), firewall);
+                AtomicFile.WriteNew(Path.Combine(staging, "firewall.conf"), firewall);
             }
             var manifestDevices = new List<ManifestDevice>();
             foreach (var device in devices)
@@ -128,7 +128,7 @@ public sealed partial class VmBackup(BackupSettings settings)
                 FirewallConfig = firewall is null ? null : "firewall.conf",
                 Devices = manifestDevices,
             };
-            Commit(session, manifest);
+            session.Commit(manifest);
         }
         catch
         {
@@ -231,7 +231,7 @@ public sealed partial class VmBackup(BackupSettings settings)
             }
         }
         SyncFile(image);
-        WriteFile(Path.Combine(session.StagingDir, device.DigestFile), digests);
+        AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
         return new ManifestDevice
         {
             Name = device.Name,
@@ -257,21 +257,6 @@ public sealed partial class VmBackup(BackupSettings settings)
         }
         double seconds = Math.Max(elapsed.TotalSeconds, 0.001);
         await context.InfoAsync($"transferred {Units.Bytes(stats.ToTransfer)} in {(int)Math.Round(seconds)} seconds ({Units.Bytes(stats.ToTransfer / seconds)}/s)").ConfigureAwait(false);
-    }
-
-    /// <summary>Everything synced, then one rename: from here on the backup exists even if vzdump fails later.</summary>
-    private static void Commit(GuestBackup session, Manifest manifest)
-    {
-        var staging = session.StagingDir;
-        var manifestPath = Path.Combine(staging, Manifest.FileName);
-        File.Delete(manifestPath);
-        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
-        WriteFile(manifestPath, manifest.ToBytes());
-        Libc.FsyncDirectory(staging);
-        Directory.Move(staging, session.FinalDir);
-        Libc.FsyncDirectory(session.Store.GuestDir(session.Volume.VmId));
-        session.Committed = true;
-        ManifestCache.Invalidate(session.Store.GuestDir(session.Volume.VmId));
     }
 
     /// <summary>QEMU's bitmap for each device is now relative to this backup; a device without a bitmap has no base any more.</summary>
@@ -319,13 +304,6 @@ public sealed partial class VmBackup(BackupSettings settings)
         {
             return null;
         }
-    }
-
-    public static void WriteFile(string path, ReadOnlySpan<byte> content)
-    {
-        using var fs = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
-        fs.Write(content);
-        fs.Flush(flushToDisk: true);
     }
 
     private static void SyncFile(string path)

@@ -26,6 +26,14 @@ public static class AtomicFile
         Libc.FsyncDirectory(dir);
     }
 
+    /// <summary>A new file, on disk before this returns (its directory still needs a sync for the name).</summary>
+    public static void WriteNew(string path, ReadOnlySpan<byte> content)
+    {
+        using var fs = new FileStream(path, FileMode.CreateNew, FileAccess.Write, FileShare.None);
+        fs.Write(content);
+        fs.Flush(flushToDisk: true);
+    }
+
     private static void TryDelete(string path)
     {
         try

@@ -208,11 +208,13 @@ public abstract class StorageMethodsScenario(DaemonFixture daemon)
     public void Provider_methods_of_later_releases_say_honestly_they_are_not_there_yet()
     {
         var storage = daemon.NewStorage();
+        var squashfs = storage.AddContainer(101, 1700000100, archive: "archive.sqfs");
+        var before = storage.Snapshot();
         using var client = daemon.Connect();
-        var e = client.Fail("restore_container_init", Json.Params(storage, ("volname", "backup/100/lxc-1700000000")));
+        var e = client.Fail("restore_container_init", Json.Params(storage, ("volname", squashfs.VolName), ("info", new JsonObject())));
         Assert.Equal((int)ErrorCode.NotImplementedYet, e.Code);
         Assert.Contains("not implemented yet", e.Message, StringComparison.Ordinal);
-        Assert.Empty(Directory.EnumerateFileSystemEntries(storage.Root));
+        Assert.Equal(before, storage.Snapshot());
     }
 }
 

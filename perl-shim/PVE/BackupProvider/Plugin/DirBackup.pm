@@ -143,6 +143,8 @@ sub backup_container {
         'guest-config' => _bytes_out($guest_config),
         'exclude-patterns' => _data($exclude_patterns // []),
         info => _info($info),
+        # the daemon runs the archiver in this process's user and mount namespaces
+        pid => $$ + 0,
     }, inherit => 1);
     return undef;
 }

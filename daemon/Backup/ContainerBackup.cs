@@ -1,0 +1,253 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text;
+using System.Text.Json;
+using DirBackup.Errors;
+using DirBackup.Rpc;
+using DirBackup.Store;
+
+namespace DirBackup.Backup;
+
+/// <summary>
+/// backup_container: GNU tar runs inside the caller's user and mount namespaces (entered with nsenter on the
+/// caller's pid), so it sees vzdump's <c>directory</c> and records container-relative owners exactly as PVE's
+/// own backups do; the daemon receives the stream and stores it, then commits like a VM backup.
+/// </summary>
+public sealed class ContainerBackup(BackupSettings settings)
+{
+    public const string ArchiveFile = "archive.tar";
+
+    public async Task RunAsync(GuestBackup session, RpcArgs args, CallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        var info = args.Element("info");
+        var config = args.Bytes("guest-config");
+        var directory = InfoPath(info, "directory");
+        var sources = Sources(info);
+        var excludes = Excludes(args.Element("exclude-patterns"));
+        long userId = info.TryGetProperty("backup-user-id", out var u) && u.ValueKind == JsonValueKind.Number ? u.GetInt64() : 0;
+        var firewall = info.TryGetProperty("firewall-config", out var fw) && fw.ValueKind == JsonValueKind.String ? Convert.FromBase64String(fw.GetString()!) : null;
+        long limit = info.TryGetProperty("bandwidth-limit", out var bw) && VmBackup.PositiveInteger(bw) is long l ? l : 0;
+        int caller = CheckCaller(session, args, context);
+        CheckIdMap(caller, config, userId);
+
+        var staging = session.StagingDir;
+        try
+        {
+            AtomicFile.WriteNew(Path.Combine(staging, "guest.conf"), config);
+            if (firewall is not null)
+            {
+                AtomicFile.WriteNew(Path.Combine(staging, "firewall.conf"), firewall);
+            }
+            await ArchiveAsync(caller, TarArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, ArchiveFile),
+                limit > 0 ? new BandwidthLimiter(limit) : null, context).ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+            session.Commit(new Manifest
+            {
+                VmId = session.Volume.VmId,
+                Type = "lxc",
+                BackupTime = session.Volume.BackupTime,
+                Archive = ArchiveFile,
+                GuestConfig = "guest.conf",
+                FirewallConfig = firewall is null ? null : "firewall.conf",
+            });
+        }
+        catch
+        {
+            session.RemoveStaging();
+            throw;
+        }
+    }
+
+    /// <summary>The process whose namespaces tar enters: the caller, which must descend from the peer that prepared the backup.</summary>
+    private static int CheckCaller(GuestBackup session, RpcArgs args, CallContext context)
+    {
+        int ancestor = session.PreparedBy ?? context.Peer.Pid;
+        int caller = args.Has("pid") ? (int)args.Integer("pid") : context.Peer.Pid;
+        if (!ProcessTree.DescendsFrom(caller, ancestor))
+        {
+            throw DirBackupException.InvalidParams($"backup_container: process {caller} is not a descendant of process {ancestor} that prepared the backup; refusing to enter its namespaces");
+        }
+        return caller;
+    }
+
+    /// <summary>
+    /// The caller's user namespace must map ids the way the container's configuration says (lxc.idmap, or PVE's
+    /// default 0:100000:65536), or the archive would record wrong owners.
+    /// </summary>
+    private static void CheckIdMap(int pid, byte[] config, long backupUserId)
+    {
+        var text = Encoding.UTF8.GetString(config);
+        var lines = text.Split('\n').Select(l => l.Trim()).ToList();
+        bool unprivileged = lines.Any(l => l.Replace(" ", "", StringComparison.Ordinal) == "unprivileged:1");
+        foreach (var kind in new[] { 'u', 'g' })
+        {
+            var expected = lines
+                .Where(l => l.StartsWith("lxc.idmap", StringComparison.Ordinal))
+                .Select(l => l.Split([':', '=', ' '], StringSplitOptions.RemoveEmptyEntries))
+                .Where(f => f.Length == 5 && f[1] == kind.ToString())
+                .Select(f => (long.Parse(f[2], CultureInfo.InvariantCulture), long.Parse(f[3], CultureInfo.InvariantCulture), long.Parse(f[4], CultureInfo.InvariantCulture)))
+                .ToList();
+            if (expected.Count == 0)
+            {
+                expected = unprivileged || backupUserId != 0 ? [(0L, 100000L, 65536L)] : [(0L, 0L, 4294967295L)];
+            }
+            var actual = ProcessTree.IdMap(pid, kind);
+            if (!actual.Order().SequenceEqual(expected.Order()))
+            {
+                throw DirBackupException.InvalidParams(
+                    $"backup_container: the caller's {(kind == 'u' ? "uid" : "gid")} map ({Describe(actual)}) is not the container's ({Describe(expected)}); its archive would record wrong owners");
+            }
+        }
+    }
+
+    private static string Describe(List<(long Inside, long Outside, long Count)> map) =>
+        string.Join(", ", map.Select(m => $"{m.Inside}:{m.Outside}:{m.Count}"));
+
+    private static string InfoPath(JsonElement info, string key)
+    {
+        var path = info.ValueKind == JsonValueKind.Object && info.TryGetProperty(key, out var p) && p.ValueKind == JsonValueKind.String ? p.GetString()! : "";
+        if (path.Length == 0 || path[0] != '/' || path.Any(char.IsControl) || path.Split('/').Contains(".."))
+        {
+            throw DirBackupException.InvalidParams($"backup_container: info.{key} '{path}' is not an absolute path");
+        }
+        return path;
+    }
+
+    /// <summary>vzdump's sources are paths relative to directory ('./', './mp'): none may climb out of it.</summary>
+    public static List<string> Sources(JsonElement info)
+    {
+        if (!info.TryGetProperty("sources", out var sources) || sources.ValueKind != JsonValueKind.Array || sources.GetArrayLength() == 0)
+        {
+            throw DirBackupException.InvalidParams("backup_container: info.sources must list the paths to archive");
+        }
+        var list = new List<string>();
+        foreach (var item in sources.EnumerateArray())
+        {
+            var source = item.ValueKind == JsonValueKind.String ? item.GetString()! : "";
+            if (source.Length == 0 || source[0] == '/' || source.Any(char.IsControl) || source.Split('/').Contains("..") || source.StartsWith('-'))
+            {
+                throw DirBackupException.InvalidParams($"backup_container: source '{source}' is not a path inside the container's directory");
+            }
+            list.Add(source);
+        }
+        return list;
+    }
+
+    public static List<string> Excludes(JsonElement patterns)
+    {
+        var list = new List<string>();
+        foreach (var item in patterns.EnumerateArray())
+        {
+            if (item.ValueKind != JsonValueKind.String || item.GetString()!.Length == 0 || item.GetString()!.Any(char.IsControl))
+            {
+                throw DirBackupException.InvalidParams("backup_container: exclude patterns must be non-empty strings without control characters");
+            }
+            list.Add(item.GetString()!);
+        }
+        return list;
+    }
+
+    /// <summary>
+    /// vzdump's tar conventions: one file system per source, numeric owners, ACLs and the xattrs PVE keeps, sparse
+    /// files. A pattern starting with '/' is anchored at the container root, any other matches anywhere; '*'
+    /// crosses '/' in tar's exclusions, so '**' works as documented. Each is its own argument: no shell.
+    /// </summary>
+    public static List<string> TarArguments(string directory, IReadOnlyList<string> sources, IReadOnlyList<string> excludes, bool unprivileged)
+    {
+        var args = new List<string>
+        {
+            "tar", "cpf", "-", "--totals", "--one-file-system", "--sparse", "--numeric-owner", "--acls", "--xattrs",
+            "--xattrs-include=user.*", "--xattrs-include=security.capability",
+            "--warning=no-file-ignored", "--warning=no-xattr-write", $"--directory={directory}",
+        };
+        if (unprivileged)
+        {
+            args.AddRange(["--no-anchored", "--exclude=lost+found"]);
+        }
+        foreach (var pattern in excludes)
+        {
+            args.AddRange(pattern.StartsWith('/') ? ["--anchored", $"--exclude=.{pattern}"] : ["--no-anchored", $"--exclude={pattern}"]);
+        }
+        args.Add("--");
+        args.AddRange(sources);
+        return args;
+    }
+
+    private async Task ArchiveAsync(int caller, List<string> tar, string archive, BandwidthLimiter? limiter, CallContext context)
+    {
+        var cancellationToken = context.CancellationToken;
+        bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
+        var psi = new ProcessStartInfo("nsenter") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add($"--target={caller.ToString(CultureInfo.InvariantCulture)}");
+        if (ownUserNamespace)
+        {
+            psi.ArgumentList.Add("--user");
+        }
+        psi.ArgumentList.Add("--mount");
+        psi.ArgumentList.Add("--");
+        foreach (var arg in tar)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(psi) ?? throw DirBackupException.Io("cannot start nsenter");
+        var errors = ReadErrorsAsync(process.StandardError);
+        long bytes = 0;
+        var clock = Stopwatch.StartNew();
+        var lastReport = TimeSpan.Zero;
+        try
+        {
+            await using var output = new FileStream(archive, FileMode.CreateNew, FileAccess.Write, FileShare.None, 1 << 20, FileOptions.Asynchronous);
+            var buffer = new byte[1 << 20];
+            var input = process.StandardOutput.BaseStream;
+            int n;
+            while ((n = await input.ReadAsync(buffer, cancellationToken).ConfigureAwait(false)) > 0)
+            {
+                limiter?.Take(n, cancellationToken);
+                await output.WriteAsync(buffer.AsMemory(0, n), cancellationToken).ConfigureAwait(false);
+                bytes += n;
+                if (clock.Elapsed - lastReport >= settings.ProgressInterval)
+                {
+                    lastReport = clock.Elapsed;
+                    await context.InfoAsync($"archived {Units.Bytes(bytes)} in {(int)clock.Elapsed.TotalSeconds}s ({Units.Bytes(bytes / clock.Elapsed.TotalSeconds)}/s)").ConfigureAwait(false);
+                }
+            }
+            await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
+            output.Flush(flushToDisk: true);
+        }
+        catch
+        {
+            if (!process.HasExited)
+            {
+                process.Kill(entireProcessTree: true);
+            }
+            throw;
+        }
+        var stderr = await errors.ConfigureAwait(false);
+        foreach (var line in stderr.Where(l => !l.StartsWith("Total bytes written", StringComparison.Ordinal)).Take(20))
+        {
+            await context.WarnAsync(line).ConfigureAwait(false);
+        }
+        // GNU tar: 1 means some files changed while being read (the archive is complete), 2 is a fatal error.
+        if (process.ExitCode >= 2)
+        {
+            throw DirBackupException.Io($"tar failed (exit code {process.ExitCode}): {stderr.LastOrDefault() ?? "no message"}");
+        }
+        double seconds = Math.Max(clock.Elapsed.TotalSeconds, 0.001);
+        await context.InfoAsync($"archive of {Units.Bytes(bytes)} written in {(int)Math.Round(seconds)} seconds ({Units.Bytes(bytes / seconds)}/s)").ConfigureAwait(false);
+    }
+
+    private static async Task<List<string>> ReadErrorsAsync(StreamReader stderr)
+    {
+        var lines = new List<string>();
+        string? line;
+        while ((line = await stderr.ReadLineAsync().ConfigureAwait(false)) is not null)
+        {
+            if (lines.Count < 1000)
+            {
+                lines.Add(line);
+            }
+        }
+        return lines;
+    }
+}
