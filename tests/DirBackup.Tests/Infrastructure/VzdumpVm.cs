@@ -22,6 +22,22 @@ public static class VzdumpVm
 
     public sealed record Result(int ExitCode, JsonObject Output, string Log);
 
+    /// <summary>tools/vzdump-ct: one container backup in vzdump's order, the archive call from a user-namespace child.</summary>
+    public static async Task<Result> ContainerAsync(string daemonSocket, StorageBuilder storage, int vmid, string tree, long startTime,
+        IEnumerable<string> excludes, IEnumerable<string>? extra = null)
+    {
+        var config = Path.Combine(storage.Root + "-ct", $"{vmid}.conf");
+        await File.WriteAllTextAsync(config, $"arch: amd64\nhostname: ct{vmid}\nrootfs: local:subvol-{vmid}-disk-0,size=8G\nunprivileged: 1\n");
+        var args = new List<string> { "tools/vzdump-ct", "--storeid", storage.StoreId, "--path", storage.Root, "--vmid", vmid.ToString(CultureInfo.InvariantCulture),
+            "--config", config, "--tree", tree, "--start-time", startTime.ToString(CultureInfo.InvariantCulture) };
+        foreach (var pattern in excludes)
+        {
+            args.AddRange(["--exclude", pattern]);
+        }
+        args.AddRange(extra ?? []);
+        return await RunPerlAsync(daemonSocket, args);
+    }
+
     /// <summary>tools/qmrestore-vm: one restore in qemu-server's order, raw images written into <paramref name="targetDir"/>.</summary>
     public static Task<Result> RestoreAsync(string daemonSocket, StorageBuilder storage, string volname, string targetDir)
     {

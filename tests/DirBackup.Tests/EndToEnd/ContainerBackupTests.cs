@@ -1,0 +1,144 @@
+using System.Text.Json.Nodes;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.EndToEnd;
+
+/// <summary>
+/// Container backups through the Perl shim as vzdump makes them: the tree mounted in a private mount namespace
+/// at a path the host does not have, prepare as root, the archive call from an unprivileged child in a user
+/// namespace mapped 0:100000:65536. The archive must hold container-relative owners, leave out the excluded
+/// paths, pass PVE's check of an untrusted archive and restore, inside a user namespace, to the same tree.
+/// </summary>
+[Collection(PathSocketCollection.Name)]
+[Trait("speed", "slow")]
+public sealed class ContainerBackupTests(PathSocketDaemon daemon)
+{
+    private static readonly string[] Excludes = ["/tmp/?*", "*.log", "my file*", "/home/user/cache/**", "it's*", "[ab].txt", "q?"];
+
+    private static readonly string[] Excluded =
+    [
+        "tmp/junk", "var/log/syslog.log", "home/user/my file.bak", "home/user/cache/deep", "home/user/cache/deep/blob",
+        "home/user/it's here", "home/user/a.txt", "home/user/q1", "lost+found",
+    ];
+
+    private async Task<(StorageBuilder Storage, string Tree)> TreeAsync()
+    {
+        var storage = daemon.NewStorage("ct");
+        var tree = Path.Combine(storage.Root + "-ct", "tree");
+        await ContainerTree.CreateAsync(tree);
+        // Container root (host uid 100000) must be able to walk to its tree, as it can to /mnt/vzsnap0 on a node.
+        await ContainerTree.RunAsync("chmod", ["o+x", Path.GetDirectoryName(storage.Root)!, storage.Root + "-ct"]);
+        // A capability set inside the container is namespaced (v3, root id 100000), as on a real container.
+        await ContainerTree.RunInUserNamespaceAsync(["setcap", "cap_net_raw+ep", Path.Combine(tree, "sbin", "init")]);
+        return (storage, tree);
+    }
+
+    /// <summary>tar -tv lines by member name: mode and owner as the archive records them.</summary>
+    private static async Task<Dictionary<string, string>> ListAsync(string archive)
+    {
+        var listing = await ContainerTree.RunAsync("tar", ["-tvf", archive, "--numeric-owner"]);
+        var members = new Dictionary<string, string>(StringComparer.Ordinal);
+        foreach (var line in listing.Split('\n', StringSplitOptions.RemoveEmptyEntries))
+        {
+            var fields = line.Split(' ', 6, StringSplitOptions.RemoveEmptyEntries);
+            var name = fields[5][(fields[5].IndexOf("./", StringComparison.Ordinal))..];
+            name = name.Split(" -> ")[0].Split(" link to ")[0];
+            members[name.TrimEnd('/')] = $"{fields[0]} {fields[1]}";
+        }
+        return members;
+    }
+
+    [Fact]
+    public async Task The_archive_holds_container_owners_leaves_out_exclusions_and_restores_the_same_tree()
+    {
+        var (storage, tree) = await TreeAsync();
+        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 200, tree, 1700000000, Excludes);
+        Assert.True(run.ExitCode == 0, run.Output.ToJsonString() + run.Log);
+        Assert.Equal("200/lxc-1700000000", run.Output["archive"]!.GetValue<string>());
+
+        using var client = daemon.Connect();
+        var volname = "backup/200/lxc-1700000000";
+        var mechanism = client.Call("restore_get_mechanism", Json.Params(storage, ("volname", volname)))!;
+        Assert.Equal(("tar", "lxc"), (mechanism["mechanism"]!.GetValue<string>(), mechanism["vmtype"]!.GetValue<string>()));
+        var archive = client.Call("restore_container_init", Json.Params(storage, ("volname", volname), ("info", new JsonObject())))!["tar-path"]!.GetValue<string>();
+        Assert.EndsWith(".tar", archive, StringComparison.Ordinal);
+
+        var members = await ListAsync(archive);
+        Assert.Equal("-rw-r--r-- 1000/1000", members["./home/user/file"]);
+        Assert.Equal("-rw-r--r-- 33/33", members["./var/www/index.html"]);
+        Assert.Equal("-rwsr-xr-x 0/0", members["./bin/true"]);
+        Assert.StartsWith("drwxr-xr-x 0/0", members["./sbin"], StringComparison.Ordinal);
+        Assert.Contains("./tmp", members.Keys);
+        Assert.Contains("./home/user/c.txt", members.Keys);
+        foreach (var path in Excluded)
+        {
+            Assert.DoesNotContain("./" + path, members.Keys);
+        }
+        // pve-container's check_tar_archive: parseable members, no multi-volume member, a sbin entry, at least ten members.
+        Assert.True(members.Count >= 10);
+        Assert.DoesNotContain(members.Values, v => v.StartsWith('M'));
+
+        // pve-container's extraction: tar inside the container's user namespace with its common flags.
+        var restored = Path.Combine(storage.Root + "-ct", "restored");
+        Directory.CreateDirectory(restored);
+        await ContainerTree.RunAsync("chown", ["100000:100000", restored]);
+        await ContainerTree.RunInUserNamespaceAsync(["tar", "xpf", archive, "--totals", "--sparse", "--numeric-owner", "--acls", "--xattrs",
+            "--xattrs-include=user.*", "--xattrs-include=security.capability", "--warning=no-file-ignored", "--warning=no-xattr-write",
+            "-C", restored, "--skip-old-files", "--anchored", "--exclude", "./dev/*"]);
+
+        var expected = await ContainerTree.DescribeAsync(tree, 100000);
+        foreach (var path in Excluded)
+        {
+            expected.Remove(path);
+        }
+        var actual = await ContainerTree.DescribeAsync(restored, 100000);
+        var differences = expected.Keys.Union(actual.Keys)
+            .Where(k => expected.GetValueOrDefault(k) != actual.GetValueOrDefault(k))
+            .Select(k => $"{k}:\n  backed up {expected.GetValueOrDefault(k) ?? "(absent)"}\n  restored  {actual.GetValueOrDefault(k) ?? "(absent)"}")
+            .ToList();
+        Assert.True(differences.Count == 0, string.Join("\n", differences));
+
+        client.Call("restore_container_cleanup", Json.Params(storage, ("volname", volname), ("info", new JsonObject())));
+        client.Call("restore_container_cleanup", Json.Params(storage, ("volname", volname), ("info", new JsonObject())));
+    }
+
+    private async Task RefusedAsync(string[] extra, string expected)
+    {
+        var (storage, tree) = await TreeAsync();
+        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 201, tree, 1700000000, Excludes, extra);
+        Assert.Equal(1, run.ExitCode);
+        Assert.Contains(expected, run.Output["error"]!.GetValue<string>(), StringComparison.Ordinal);
+        using var client = daemon.Connect();
+        Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "201"), ".staging-*"));
+    }
+
+    [Fact]
+    public Task A_source_that_climbs_out_of_the_directory_is_refused() =>
+        RefusedAsync(["--source", "../x"], "source '../x' is not a path inside the container's directory");
+
+    [Fact]
+    public Task A_caller_that_does_not_descend_from_the_preparing_process_is_refused() =>
+        RefusedAsync(["--claim-pid", "1"], "process 1 is not a descendant of process");
+
+    [Fact]
+    public Task A_user_namespace_with_another_id_map_is_refused() =>
+        RefusedAsync(["--map", "0:200000:65536"], "the caller's uid map (0:200000:65536) is not the container's (0:100000:65536)");
+
+    [Fact]
+    public async Task A_tampered_archive_fails_pve_s_check_cleanly()
+    {
+        var (storage, tree) = await TreeAsync();
+        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 202, tree, 1700000000, Excludes);
+        Assert.True(run.ExitCode == 0, run.Log);
+        using var client = daemon.Connect();
+        var volname = "backup/202/lxc-1700000000";
+        var archive = client.Call("restore_container_init", Json.Params(storage, ("volname", volname), ("info", new JsonObject())))!["tar-path"]!.GetValue<string>();
+        await File.WriteAllBytesAsync(archive, System.Text.Encoding.ASCII.GetBytes(new string('x', 20000)));
+        // pve-container lists the untrusted archive first; a tampered one fails that listing and nothing is extracted.
+        await Assert.ThrowsAsync<InvalidOperationException>(() => ContainerTree.RunAsync("tar", ["-tvf", archive, "--numeric-owner"]));
+        client.Call("restore_container_cleanup", Json.Params(storage, ("volname", volname), ("info", new JsonObject())));
+        Assert.Single(client.Call("list_volumes", Json.Params(storage))!.AsArray());
+    }
+}
