@@ -127,6 +127,36 @@ public sealed class ContainerBackupTests(PathSocketDaemon daemon)
         RefusedAsync(["--map", "0:200000:65536"], "the caller's uid map (0:200000:65536) is not the container's (0:100000:65536)");
 
     [Fact]
+    public async Task A_vzdump_killed_while_archiving_leaves_nothing_behind()
+    {
+        var (storage, tree) = await TreeAsync();
+        await ContainerTree.RunAsync("sh", ["-c", $"head -c 32M /dev/urandom > '{tree}/big' && chown 100000:100000 '{tree}/big'"]);
+        using (var vzdump = VzdumpVm.StartContainer(daemon.SocketPath, storage, 203, tree, 1700000000, ["--bwlimit", (4 << 20).ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+        {
+            var archive = Path.Combine(storage.Root, "203", ".staging-lxc-1700000000", "archive.tar");
+            var deadline = DateTime.UtcNow.AddSeconds(20);
+            while (!File.Exists(archive) || new FileInfo(archive).Length < (4 << 20))
+            {
+                Assert.True(DateTime.UtcNow < deadline && !vzdump.HasExited, "the archive did not start: " + (vzdump.HasExited ? await vzdump.StandardOutput.ReadToEndAsync() + await vzdump.StandardError.ReadToEndAsync() : "still running"));
+                await Task.Delay(50);
+            }
+            vzdump.Kill(entireProcessTree: true);
+            await vzdump.WaitForExitAsync();
+        }
+        var until = DateTime.UtcNow.AddSeconds(10);
+        while (Directory.EnumerateDirectories(Path.Combine(storage.Root, "203"), ".staging-*").Any() && DateTime.UtcNow < until)
+        {
+            await Task.Delay(50);
+        }
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "203"), ".staging-*"));
+        using var client = daemon.Connect();
+        Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
+        // The guest's backup lock went with the connection.
+        client.Call("backup_init", Json.Params(storage, ("vmid", 203), ("vmtype", "lxc"), ("start-time", 1700000100)));
+        client.Call("backup_cleanup", Json.Params(storage, ("vmid", 203), ("vmtype", "lxc"), ("success", false), ("info", new JsonObject())));
+    }
+
+    [Fact]
     public async Task A_tampered_archive_fails_pve_s_check_cleanly()
     {
         var (storage, tree) = await TreeAsync();

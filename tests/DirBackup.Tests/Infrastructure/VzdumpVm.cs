@@ -76,6 +76,21 @@ public static class VzdumpVm
         return await RunPerlAsync(daemonSocket, args.Skip(5).ToList());
     }
 
+    /// <summary>tools/vzdump-ct started, not awaited: a test can kill it mid-archive, as a stopped vzdump task is.</summary>
+    public static Process StartContainer(string daemonSocket, StorageBuilder storage, int vmid, string tree, long startTime, IEnumerable<string> extra)
+    {
+        var config = Path.Combine(storage.Root + "-ct", $"{vmid}.conf");
+        File.WriteAllText(config, $"arch: amd64\nhostname: ct{vmid}\nunprivileged: 1\n");
+        var psi = new ProcessStartInfo("perl") { WorkingDirectory = RepoRoot, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in new[] { "-T", "-I", "perl-shim", "-I", "tests/perl/lib", "tools/vzdump-ct", "--storeid", storage.StoreId, "--path", storage.Root,
+            "--vmid", vmid.ToString(CultureInfo.InvariantCulture), "--config", config, "--tree", tree, "--start-time", startTime.ToString(CultureInfo.InvariantCulture) }.Concat(extra))
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        psi.Environment["DIRBACKUP_SOCKET"] = daemonSocket;
+        return Process.Start(psi)!;
+    }
+
     private static async Task<Result> RunPerlAsync(string daemonSocket, List<string> script)
     {
         var psi = new ProcessStartInfo("perl") { WorkingDirectory = RepoRoot, RedirectStandardOutput = true, RedirectStandardError = true };

@@ -307,5 +307,16 @@ public sealed class DiskFullTests : IDisposable
         Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
         Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "100"), ".staging-*"));
         Assert.False(File.Exists(Path.Combine(storage.Root, "100", "incremental.json")));
+
+        // The same for a container whose archive does not fit.
+        var tree = _dir.Combine("ct", "tree");
+        await ContainerTree.CreateAsync(tree);
+        await SourceDisk.Run("sh", "-c", $"head -c 40M /dev/urandom > '{tree}/big' && chown 100000:100000 '{tree}/big' && chmod o+x '{_dir.Path}' '{_dir.Combine("ct")}'");
+        Directory.CreateDirectory(storage.Root + "-ct");
+        var ct = await VzdumpVm.ContainerAsync(socket, storage, 300, tree, 1700000000, []);
+        Assert.Equal(1, ct.ExitCode);
+        Assert.Contains("No space left on device", ct.Output["error"]!.GetValue<string>(), StringComparison.Ordinal);
+        Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "300"), ".staging-*"));
     }
 }
