@@ -81,6 +81,11 @@ internal static unsafe partial class Libc
     public const int S_IFREG = 0x8000;
     public const int S_IFLNK = 0xA000;
 
+    public const int F_SETPIPE_SZ = 1031;
+
+    [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
+    public static partial int fcntl_int(int fd, int cmd, int arg);
+
     [LibraryImport(Lib, EntryPoint = "umask")]
     public static partial uint umask(uint mask);
 

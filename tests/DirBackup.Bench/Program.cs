@@ -30,6 +30,10 @@ public static class Program
         {
             await new VmBench(repo, work, daemonDll).RunAsync();
         }
+        if (which is "all" or "ct")
+        {
+            await new CtBench(repo, work, daemonDll).RunAsync();
+        }
         if (which is not ("all" or "spine"))
         {
             return 0;

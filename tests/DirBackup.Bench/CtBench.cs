@@ -1,0 +1,132 @@
+using System.Diagnostics;
+using System.Globalization;
+using System.Text.Json.Nodes;
+
+namespace DirBackup.Bench;
+
+/// <summary>
+/// Container backup of a 2 GiB tree in 20,000 files through shim and daemon (user namespace, nsenter, tar)
+/// against plain tar of the same tree into a file on the same filesystem, in the same run.
+/// </summary>
+public sealed class CtBench(string repo, string work, string daemonDll)
+{
+    private const int Dirs = 200;
+    private const int FilesPerDir = 100;
+    private const int FileSize = 105 * 1024;
+    private const int Runs = 5;
+
+    private string Root => Path.Combine(work, "ct");
+    private string Tree => Path.Combine(Root, "tree");
+    private string Out => Path.Combine(Root, "out");
+
+    public async Task RunAsync()
+    {
+        await PrepareAsync();
+        var socket = Path.Combine(work, "run", "ct-bench.sock");
+        using var daemon = Process.Start(new ProcessStartInfo("dotnet", ["exec", daemonDll, "serve", "--socket", socket, "--runtime-dir", Path.Combine(work, "run", "qsd-ct"), "--log-level", "warn"]))!;
+        try
+        {
+            for (int i = 0; i < 500 && !File.Exists(socket); i++)
+            {
+                await Task.Delay(10);
+            }
+            var ours = new List<double>();
+            var tar = new List<double>();
+            for (int run = 0; run < Runs; run++)
+            {
+                ours.Add(await TimeAsync(() => OursAsync(socket, 1_700_000_000 + run)));
+                tar.Add(await TimeAsync(() => Run("tar", ["cpf", Path.Combine(Out, "plain.tar"), "--one-file-system", "--sparse", "--numeric-owner", "--acls", "--xattrs",
+                    "--xattrs-include=user.*", "--xattrs-include=security.capability", "-C", Tree, "./"])));
+            }
+            double o = ours.Order().ElementAt(Runs / 2), t = tar.Order().ElementAt(Runs / 2);
+            double size = (double)Dirs * FilesPerDir * FileSize / (1 << 20);
+            Console.WriteLine();
+            Console.WriteLine($"Container backup of {size / 1024:0.0} GiB in {Dirs * FilesPerDir} files, median of {Runs}");
+            Console.WriteLine($"  through shim and daemon (user namespace, nsenter, tar) {o,6:0.00} s  {size / o,6:0} MiB/s");
+            Console.WriteLine($"  plain tar into a file                                  {t,6:0.00} s  {size / t,6:0} MiB/s");
+            Console.WriteLine($"  throughput ratio {t / o:0.00}x (target at least 0.95x)");
+        }
+        finally
+        {
+            daemon.Kill();
+        }
+    }
+
+    private async Task OursAsync(string socket, long time)
+    {
+        var storage = Path.Combine(Out, "store");
+        Directory.CreateDirectory(storage);
+        var config = Path.Combine(Root, "ct.conf");
+        await File.WriteAllTextAsync(config, "arch: amd64\nhostname: bench\nunprivileged: 1\n");
+        var output = await Run("perl", ["-T", "-I", "perl-shim", "-I", "tests/perl/lib", "tools/vzdump-ct", "--storeid", "bench", "--path", storage,
+            "--vmid", "300", "--config", config, "--tree", Tree, "--start-time", time.ToString(CultureInfo.InvariantCulture)], new() { ["DIRBACKUP_SOCKET"] = socket });
+        if (JsonNode.Parse(output)!["error"] is JsonNode error)
+        {
+            throw new InvalidOperationException("container backup failed: " + error);
+        }
+    }
+
+    private async Task<double> TimeAsync(Func<Task> run)
+    {
+        if (Directory.Exists(Out))
+        {
+            Directory.Delete(Out, recursive: true);
+        }
+        Directory.CreateDirectory(Out);
+        await Run("sync", []);
+        await Task.Delay(2000);
+        var watch = Stopwatch.StartNew();
+        await run();
+        await Run("sync", []);
+        return watch.Elapsed.TotalSeconds;
+    }
+
+    private async Task PrepareAsync()
+    {
+        var marker = Path.Combine(Root, ".complete");
+        if (File.Exists(marker))
+        {
+            return;
+        }
+        Console.WriteLine("preparing the 2 GiB container tree (once; kept in .build/bench/ct)...");
+        var random = new Random(7);
+        var buffer = new byte[FileSize];
+        for (int d = 0; d < Dirs; d++)
+        {
+            var dir = Path.Combine(Tree, "srv", $"d{d:000}");
+            Directory.CreateDirectory(dir);
+            for (int f = 0; f < FilesPerDir; f++)
+            {
+                random.NextBytes(buffer);
+                await File.WriteAllBytesAsync(Path.Combine(dir, $"f{f:000}.bin"), buffer);
+            }
+        }
+        Directory.CreateDirectory(Path.Combine(Tree, "sbin"));
+        await Run("chown", ["-R", "100000:100000", Tree]);
+        // Container root must be able to walk to its tree, as to /mnt/vzsnap0 on a node.
+        await Run("chmod", ["o+x", work, Root]);
+        File.WriteAllText(marker, "");
+    }
+
+    private async Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env = null)
+    {
+        var psi = new ProcessStartInfo(tool) { WorkingDirectory = repo, RedirectStandardOutput = true, RedirectStandardError = true };
+        foreach (var arg in args)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        foreach (var (k, v) in env ?? [])
+        {
+            psi.Environment[k] = v;
+        }
+        using var process = Process.Start(psi)!;
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        var stderr = process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        if (process.ExitCode != 0)
+        {
+            throw new InvalidOperationException($"{tool} failed: {await stderr} {await stdout}");
+        }
+        return await stdout;
+    }
+}
