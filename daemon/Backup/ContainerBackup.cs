@@ -250,7 +250,9 @@ public sealed class ContainerBackup(BackupSettings settings)
         // GNU tar: 1 means some files changed while being read (the archive is complete), 2 is a fatal error.
         if (process.ExitCode >= 2)
         {
-            throw DirBackupException.Io($"tar failed (exit code {process.ExitCode}): {stderr.LastOrDefault() ?? "no message"}");
+            // tar's last word is "Error is not recoverable"; the cause (a full disk, an unreadable file) comes first.
+            var cause = stderr.FirstOrDefault(l => !l.Contains("Error is not recoverable", StringComparison.Ordinal) && !l.StartsWith("Total bytes", StringComparison.Ordinal));
+            throw DirBackupException.Io($"tar failed (exit code {process.ExitCode}): {cause ?? stderr.LastOrDefault() ?? "no message"}");
         }
         double seconds = Math.Max(clock.Elapsed.TotalSeconds, 0.001);
         await context.InfoAsync($"archive of {Units.Bytes(bytes)} written in {(int)Math.Round(seconds)} seconds ({Units.Bytes(bytes / seconds)}/s)").ConfigureAwait(false);

@@ -157,7 +157,7 @@ public sealed class BadInputTests(PathSocketDaemon daemon)
     }
 
     [Fact]
-    public void A_peer_that_is_not_root_is_refused_and_logged()
+    public async Task A_peer_that_is_not_root_is_refused_and_logged()
     {
         // setpriv drops to nobody but keeps CAP_DAC_OVERRIDE, so the 0600 socket can be opened and the
         // daemon's own SO_PEERCRED check is what refuses the caller.
@@ -174,7 +174,7 @@ public sealed class BadInputTests(PathSocketDaemon daemon)
 
         Assert.Contains("\"code\":1003", output, StringComparison.Ordinal);
         Assert.Contains("dirbackupd accepts connections from root only, not uid 65534", output, StringComparison.Ordinal);
-        Assert.Contains("refused a connection from uid 65534", daemon.Daemon.Output, StringComparison.Ordinal);
+        await daemon.Daemon.WaitForOutputAsync("refused a connection from uid 65534");
     }
 
     [Fact]
