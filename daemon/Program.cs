@@ -65,7 +65,7 @@ public static class Program
         var methods = MethodTable.From(
             new SessionApi(Version, Catalog.Shared.ProtocolVersion),
             new StorageApi(storeSettings),
-            new ProviderApi(storeSettings, backupSettings, new BackupSessions(), restores, Version));
+            new ProviderApi(storeSettings, backupSettings, new BackupSessions(), restores));
         var server = new RpcServer(new ServerSettings { SocketPath = StorageConfig.CheckPath(socketPath) }, methods, Catalog.Shared, loggers);
         try
         {

@@ -11,7 +11,7 @@ namespace DirBackup.Api;
 /// The backup-provider methods (PVE-API.md 3.2). Reading what a committed backup holds works now; the
 /// backup and restore paths answer, honestly, that this daemon version does not have them yet.
 /// </summary>
-public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, RestoreSessions restores, string daemonVersion)
+public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, RestoreSessions restores)
 {
     private readonly VmBackup vmBackup = new(backupSettings);
     private readonly ContainerBackup containerBackup = new(backupSettings);
@@ -293,9 +293,12 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         var volume = args.Volume();
         return volume.Type == GuestType.Qemu ? volume : throw DirBackupException.InvalidParams($"'{volume}' is a container backup, not a VM backup");
     }
-    /// <summary>tar: the archive itself, a regular file whose name ends in .tar, which pve-container checks and extracts.</summary>
+    /// <summary>
+    /// tar: the archive itself, a regular file whose name ends in .tar, which pve-container checks and extracts;
+    /// directory: the squashfs image mounted read-only.
+    /// </summary>
     [RpcMethod("restore_container_init")]
-    private Task<object?> RestoreContainerInit(RpcArgs args, CallContext context)
+    private async Task<object?> RestoreContainerInit(RpcArgs args, CallContext context)
     {
         var store = Open(args);
         var volume = args.Volume();
@@ -304,31 +307,28 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
             throw DirBackupException.InvalidParams($"'{volume}' is a VM backup, not a container backup");
         }
         var manifest = store.ReadManifest(volume);
-        if (manifest.Archive != ContainerBackup.ArchiveFile)
+        if (manifest.Archive is not (ContainerBackup.ArchiveFile or ContainerBackup.SquashfsFile))
         {
-            return NotYet(args, "restores of squashfs container backups");
+            throw DirBackupException.Io($"backup '{volume}' records no container archive");
         }
-        var path = Path.Combine(store.BackupDir(volume), ContainerBackup.ArchiveFile);
+        var path = Path.Combine(store.BackupDir(volume), manifest.Archive);
         if (Native.Libc.FileType(path) != Native.Libc.S_IFREG)
         {
             throw DirBackupException.Io($"backup '{volume}': '{path}' is missing or not a regular file");
         }
-        return Task.FromResult<object?>(new Dictionary<string, string> { ["tar-path"] = path });
+        if (manifest.Archive == ContainerBackup.ArchiveFile)
+        {
+            return new Dictionary<string, string> { ["tar-path"] = path };
+        }
+        var directory = await restores.Containers.MountAsync(store, volume, path, context.CancellationToken).ConfigureAwait(false);
+        return new Dictionary<string, string> { ["archive-directory"] = directory };
     }
 
-    /// <summary>Nothing was mounted for a tar restore; idempotent by nature.</summary>
+    /// <summary>Unmounts a directory restore (idempotent); a tar restore mounted nothing.</summary>
     [RpcMethod("restore_container_cleanup")]
-    private Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context)
+    private async Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context)
     {
-        Open(args);
-        args.Volume();
-        return Task.FromResult<object?>(null);
-    }
-
-    private Task<object?> NotYet(RpcArgs args, string feature)
-    {
-        Open(args);
-        throw new DirBackupException(ErrorCode.NotImplementedYet,
-            $"{args.Method}: {feature} are not implemented yet in dirbackupd {daemonVersion}; this version backs up and restores VMs and containers (tar)");
+        await restores.Containers.UnmountAsync(Open(args), args.Volume()).ConfigureAwait(false);
+        return null;
     }
 }

@@ -16,6 +16,7 @@ namespace DirBackup.Backup;
 public sealed class ContainerBackup(BackupSettings settings)
 {
     public const string ArchiveFile = "archive.tar";
+    public const string SquashfsFile = "archive.sqfs";
 
     public async Task RunAsync(GuestBackup session, RpcArgs args, CallContext context)
     {
@@ -30,6 +31,7 @@ public sealed class ContainerBackup(BackupSettings settings)
         long limit = info.TryGetProperty("bandwidth-limit", out var bw) && VmBackup.PositiveInteger(bw) is long l ? l : 0;
         int caller = CheckCaller(session, args, context);
         CheckIdMap(caller, config, userId);
+        bool squashfs = Format(args) == "squashfs";
 
         var staging = session.StagingDir;
         try
@@ -39,15 +41,22 @@ public sealed class ContainerBackup(BackupSettings settings)
             {
                 AtomicFile.WriteNew(Path.Combine(staging, "firewall.conf"), firewall);
             }
-            await ArchiveAsync(caller, TarArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, ArchiveFile),
-                limit > 0 ? new BandwidthLimiter(limit) : null, context).ConfigureAwait(false);
+            if (squashfs)
+            {
+                await SquashAsync(caller, SquashfsArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, SquashfsFile), userId, context).ConfigureAwait(false);
+            }
+            else
+            {
+                await ArchiveAsync(caller, TarArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, ArchiveFile),
+                    limit > 0 ? new BandwidthLimiter(limit) : null, context).ConfigureAwait(false);
+            }
             cancellationToken.ThrowIfCancellationRequested();
             session.Commit(new Manifest
             {
                 VmId = session.Volume.VmId,
                 Type = "lxc",
                 BackupTime = session.Volume.BackupTime,
-                Archive = ArchiveFile,
+                Archive = squashfs ? SquashfsFile : ArchiveFile,
                 GuestConfig = "guest.conf",
                 FirewallConfig = firewall is null ? null : "firewall.conf",
             });
@@ -57,6 +66,63 @@ public sealed class ContainerBackup(BackupSettings settings)
             session.RemoveStaging();
             throw;
         }
+    }
+
+    /// <summary>Storage option dirbackup-ct-format: tar (default) or squashfs.</summary>
+    private static string Format(RpcArgs args)
+    {
+        var scfg = args.Element("scfg");
+        var format = scfg.TryGetProperty("dirbackup-ct-format", out var f) && f.ValueKind == JsonValueKind.String ? f.GetString()! : "tar";
+        return format is "tar" or "squashfs" ? format : throw DirBackupException.InvalidParams($"dirbackup-ct-format '{format}' is neither tar nor squashfs");
+    }
+
+    /// <summary>
+    /// mksquashfs over the container's directory. Its wildcards differ from tar's: a pattern relative to the source
+    /// root is anchored, '... ' makes it match at any depth, and '*' stops at '/', so a trailing '/**' becomes '/*'
+    /// (everything below the directory) and any other '**' a '*'.
+    /// </summary>
+    public static List<string> SquashfsArguments(string directory, IReadOnlyList<string> sources, IReadOnlyList<string> excludes, bool unprivileged)
+    {
+        var args = new List<string> { "mksquashfs", directory, "/proc/self/fd/3", "-noappend", "-no-progress", "-quiet" };
+        if (sources.All(s => s.TrimEnd('/') is "." or ""))
+        {
+            args.Add("-one-file-system");
+        }
+        var patterns = new List<string>();
+        if (unprivileged)
+        {
+            patterns.Add("... lost+found");
+        }
+        foreach (var pattern in excludes)
+        {
+            var glob = pattern.EndsWith("/**", StringComparison.Ordinal) ? pattern[..^3] + "/*" : pattern;
+            glob = glob.Replace("**", "*", StringComparison.Ordinal);
+            patterns.Add(glob.StartsWith('/') ? glob.TrimStart('/') : "... " + glob);
+        }
+        if (patterns.Count > 0)
+        {
+            args.Add("-wildcards");
+            args.Add("-e");
+            args.AddRange(patterns);
+        }
+        return args;
+    }
+
+    /// <summary>
+    /// mksquashfs must write a seekable file it opens by name: it gets an inherited descriptor of the staging file
+    /// (opened as root by a shell in the host namespaces) and reopens it through /proc/self/fd, which works for
+    /// the mapped root because the file belongs to it until the image is done.
+    /// </summary>
+    private async Task SquashAsync(int caller, List<string> mksquashfs, string image, long userId, CallContext context)
+    {
+        await File.WriteAllBytesAsync(image, [], context.CancellationToken).ConfigureAwait(false);
+        if (userId != 0)
+        {
+            await Qemu.ChildProcess.RunAsync("chown", [$"{userId}:{userId}", image], context.CancellationToken).ConfigureAwait(false);
+        }
+        await RunInCallerAsync(caller, mksquashfs, image, "3<>", context).ConfigureAwait(false);
+        await Qemu.ChildProcess.RunAsync("chown", ["0:0", image], CancellationToken.None).ConfigureAwait(false);
+        SyncFile(image);
     }
 
     /// <summary>The process whose namespaces tar enters: the caller, which must descend from the peer that prepared the backup.</summary>
@@ -256,6 +322,49 @@ public sealed class ContainerBackup(BackupSettings settings)
         }
         double seconds = Math.Max(clock.Elapsed.TotalSeconds, 0.001);
         await context.InfoAsync($"archive of {Units.Bytes(bytes)} written in {(int)Math.Round(seconds)} seconds ({Units.Bytes(bytes / seconds)}/s)").ConfigureAwait(false);
+    }
+
+    private static async Task RunInCallerAsync(int caller, List<string> command, string file, string redirect, CallContext context)
+    {
+        bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
+        var psi = new ProcessStartInfo("sh") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add("-c");
+        psi.ArgumentList.Add($"exec \"$@\" {redirect}\"$0\"");
+        psi.ArgumentList.Add(file);
+        psi.ArgumentList.Add("nsenter");
+        psi.ArgumentList.Add($"--target={caller.ToString(CultureInfo.InvariantCulture)}");
+        if (ownUserNamespace)
+        {
+            psi.ArgumentList.Add("--user");
+        }
+        psi.ArgumentList.Add("--mount");
+        psi.ArgumentList.Add("--");
+        foreach (var arg in command)
+        {
+            psi.ArgumentList.Add(arg);
+        }
+        using var process = Process.Start(psi) ?? throw DirBackupException.Io("cannot start nsenter");
+        var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
+        var errors = ReadErrorsAsync(process.StandardError);
+        try
+        {
+            await process.WaitForExitAsync(context.CancellationToken).ConfigureAwait(false);
+        }
+        catch
+        {
+            process.Kill(entireProcessTree: true);
+            throw;
+        }
+        var stderr = await errors.ConfigureAwait(false);
+        await stdout.ConfigureAwait(false);
+        if (process.ExitCode != 0)
+        {
+            throw DirBackupException.Io($"{command[0]} failed (exit code {process.ExitCode}): {stderr.FirstOrDefault() ?? "no message"}");
+        }
+        foreach (var line in stderr.Take(20))
+        {
+            await context.WarnAsync(line).ConfigureAwait(false);
+        }
     }
 
     private async Task ReportGrowthAsync(string archive, Stopwatch clock, CallContext context, CancellationToken stop)

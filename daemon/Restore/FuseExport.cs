@@ -131,6 +131,15 @@ public sealed class FuseExport
                 Libc.kill(pid, 9);
             }
         }
+        foreach (var dir in pattern == "*" ? Directory.EnumerateDirectories(directory) : [])
+        {
+            // A container restore's squashfs mount.
+            if (mounts.Contains(dir))
+            {
+                await ChildProcess.RunAsync("umount", ["-l", dir], CancellationToken.None).ConfigureAwait(false);
+            }
+            Directory.Delete(dir, recursive: false);
+        }
         foreach (var file in Directory.EnumerateFiles(directory, pattern))
         {
             if (mounts.Contains(file))

@@ -14,6 +14,9 @@ public sealed class RestoreSessions(string runtimeDir)
 
     public string ExportDir => Path.Combine(runtimeDir, "restore");
 
+    /// <summary>Squashfs mounts of container restores, beside the VM exports.</summary>
+    public ContainerMounts Containers { get; } = new(Path.Combine(runtimeDir, "restore"));
+
     public void Begin(BackupStore store, VolumeName volume) => InUse.Acquire(store.Root, volume);
 
     public async Task<string> ExportAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
@@ -61,9 +64,10 @@ public sealed class RestoreSessions(string runtimeDir)
         InUse.ReleaseAll(store.Root, volume);
     }
 
-    /// <summary>On daemon stop: no FUSE mount outlives its server.</summary>
+    /// <summary>On daemon stop: no FUSE mount outlives its server, no squashfs stays mounted.</summary>
     public async Task StopAllAsync()
     {
+        await Containers.UnmountAllAsync().ConfigureAwait(false);
         foreach (var key in _exports.Keys.ToList())
         {
             if (_exports.TryRemove(key, out var lazy))

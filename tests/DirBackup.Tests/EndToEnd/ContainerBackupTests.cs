@@ -103,6 +103,52 @@ public sealed class ContainerBackupTests(PathSocketDaemon daemon)
         client.Call("restore_container_cleanup", Json.Params(storage, ("volname", volname), ("info", new JsonObject())));
     }
 
+    [Fact]
+    public async Task A_squashfs_backup_restores_through_the_directory_mechanism()
+    {
+        var (storage, tree) = await TreeAsync();
+        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 204, tree, 1700000000, Excludes, ["--format", "squashfs"]);
+        Assert.True(run.ExitCode == 0, run.Output.ToJsonString() + run.Log);
+        using var client = daemon.Connect();
+        var volname = "backup/204/lxc-1700000000";
+        var mechanism = client.Call("restore_get_mechanism", Json.Params(storage, ("volname", volname)))!;
+        Assert.Equal("directory", mechanism["mechanism"]!.GetValue<string>());
+        var directory = client.Call("restore_container_init", Json.Params(storage, ("volname", volname), ("info", new JsonObject())))!["archive-directory"]!.GetValue<string>();
+        Assert.True(Directory.Exists(Path.Combine(directory, "sbin")));
+        Assert.Equal((int)DirBackup.Errors.ErrorCode.Busy, client.Fail("free_image", Json.Params(storage, ("volname", volname))).Code);
+
+        // pve-container: tar from the mounted tree as host root, piped into tar inside the container's user namespace.
+        var stream = Path.Combine(storage.Root + "-ct", "copy.tar");
+        await ContainerTree.RunAsync("tar", ["cpf", stream, "--sparse", "--numeric-owner", "--acls", "--xattrs", "--xattrs-include=user.*",
+            "--xattrs-include=security.capability", "--warning=no-file-ignored", "--warning=no-xattr-write", $"--directory={directory}", "."]);
+        var restored = Path.Combine(storage.Root + "-ct", "restored-dir");
+        Directory.CreateDirectory(restored);
+        await ContainerTree.RunAsync("chown", ["100000:100000", restored]);
+        await ContainerTree.RunInUserNamespaceAsync(["tar", "xpf", stream, "--sparse", "--numeric-owner", "--acls", "--xattrs", "--xattrs-include=user.*",
+            "--xattrs-include=security.capability", "-C", restored, "--skip-old-files", "--anchored", "--exclude", "./dev/*"]);
+        var expected = await ContainerTree.DescribeAsync(tree, 100000, withAcls: false);
+        foreach (var path in Excluded)
+        {
+            expected.Remove(path);
+        }
+        var actual = await ContainerTree.DescribeAsync(restored, 100000, withAcls: false);
+        var differences = expected.Keys.Union(actual.Keys).Where(k => expected.GetValueOrDefault(k) != actual.GetValueOrDefault(k)).ToList();
+        Assert.True(differences.Count == 0, string.Join("\n", differences.Select(k => $"{k}: {expected.GetValueOrDefault(k)} | {actual.GetValueOrDefault(k)}")));
+
+        // A cleanup while something still uses the mount says so and keeps it; the next one finishes; a third is harmless.
+        var cleanup = Json.Params(storage, ("volname", volname), ("info", new JsonObject()));
+        using (File.OpenRead(Path.Combine(directory, "etc", "hostname")))
+        {
+            var busy = client.Fail("restore_container_cleanup", cleanup.DeepClone());
+            Assert.Equal((int)DirBackup.Errors.ErrorCode.Busy, busy.Code);
+            Assert.True(Directory.Exists(Path.Combine(directory, "sbin")));
+        }
+        client.Call("restore_container_cleanup", cleanup.DeepClone());
+        Assert.False(Directory.Exists(directory));
+        client.Call("restore_container_cleanup", cleanup.DeepClone());
+        client.Call("free_image", Json.Params(storage, ("volname", volname)));
+    }
+
     private async Task RefusedAsync(string[] extra, string expected)
     {
         var (storage, tree) = await TreeAsync();

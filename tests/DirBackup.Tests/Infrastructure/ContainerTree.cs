@@ -50,7 +50,7 @@ public static class ContainerTree
     /// Every entry with what a restore must keep: type, mode, owner, content, link target, hard link count, xattrs
     /// and ACL. A directory's link count only counts its subdirectories, which exclusions change.
     /// </summary>
-    public static async Task<SortedDictionary<string, string>> DescribeAsync(string root, int idShift)
+    public static async Task<SortedDictionary<string, string>> DescribeAsync(string root, int idShift, bool withAcls = true)
     {
         var listing = await RunAsync("find", [root, "-mindepth", "1", "-printf", "%P\t%y\t%m\t%U\t%G\t%s\t%l\t%n\n"]);
         var result = new SortedDictionary<string, string>(StringComparer.Ordinal);
@@ -60,7 +60,7 @@ public static class ContainerTree
             var path = Path.Combine(root, f[0]);
             var content = f[1] == "f" ? Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(path)))[..16] : "";
             var xattrs = f[1] is "f" or "d" ? await RunAsync("getfattr", ["-h", "-d", "-m", "security.capability|user\\..*", "--absolute-names", path]) : "";
-            var acl = f[1] is "f" or "d" ? await RunAsync("getfacl", ["-c", "-n", "-p", path]) : "";
+            var acl = withAcls && f[1] is "f" or "d" ? await RunAsync("getfacl", ["-c", "-n", "-p", path]) : "";
             xattrs = string.Join(";", xattrs.Split('\n').Where(l => l.Contains('=', StringComparison.Ordinal)));
             acl = string.Join(";", acl.Split('\n').Where(l => l.Length > 0));
             result[f[0]] = $"{f[1]} {f[2]} {long.Parse(f[3]) - idShift}:{long.Parse(f[4]) - idShift} {f[5]} {f[6]} links={(f[1] == "d" ? "-" : f[7])} {content} {xattrs} {AclWithoutShift(acl, idShift)}";

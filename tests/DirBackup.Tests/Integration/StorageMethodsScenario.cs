@@ -205,13 +205,13 @@ public abstract class StorageMethodsScenario(DaemonFixture daemon)
     }
 
     [Fact]
-    public void Provider_methods_of_later_releases_say_honestly_they_are_not_there_yet()
+    public void Methods_of_later_releases_say_honestly_they_are_not_there_yet()
     {
         var storage = daemon.NewStorage();
-        var squashfs = storage.AddContainer(101, 1700000100, archive: "archive.sqfs");
+        storage.AddVm(100, 1700000000);
         var before = storage.Snapshot();
         using var client = daemon.Connect();
-        var e = client.Fail("restore_container_init", Json.Params(storage, ("volname", squashfs.VolName), ("info", new JsonObject())));
+        var e = client.Fail("prune_backups", Json.Params(storage, ("keep", new JsonObject { ["keep-last"] = 1 }), ("vmid", 100), ("type", "qemu"), ("dryrun", 0)));
         Assert.Equal((int)ErrorCode.NotImplementedYet, e.Code);
         Assert.Contains("not implemented yet", e.Message, StringComparison.Ordinal);
         Assert.Equal(before, storage.Snapshot());

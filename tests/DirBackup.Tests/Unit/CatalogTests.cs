@@ -10,7 +10,7 @@ namespace DirBackup.Tests.Unit;
 public class CatalogTests
 {
     private static MethodTable DaemonMethods() => MethodTable.From(
-        new SessionApi("0", "1.0"), new StorageApi(new StoreSettings()), new ProviderApi(new StoreSettings(), new DirBackup.Backup.BackupSettings(), new DirBackup.Backup.BackupSessions(), new DirBackup.Restore.RestoreSessions("/nonexistent"), "0"));
+        new SessionApi("0", "1.0"), new StorageApi(new StoreSettings()), new ProviderApi(new StoreSettings(), new DirBackup.Backup.BackupSettings(), new DirBackup.Backup.BackupSessions(), new DirBackup.Restore.RestoreSessions("/nonexistent")));
 
     [Fact]
     public void Daemon_implements_exactly_the_catalogue_methods()

@@ -66,6 +66,14 @@ sub properties {
             default => 'incremental',
             optional => 1,
         },
+        'dirbackup-ct-format' => {
+            description => "Container backups: a 'tar' archive (restored by tar) or a 'squashfs' image"
+                . " (restored from a read-only mount; keeps no POSIX ACLs).",
+            type => 'string',
+            enum => ['tar', 'squashfs'],
+            default => 'tar',
+            optional => 1,
+        },
     };
 }
 
@@ -80,6 +88,7 @@ sub options {
         shared => { optional => 1 },
         'max-protected-backups' => { optional => 1 },
         'dirbackup-vm-mode' => { optional => 1 },
+        'dirbackup-ct-format' => { optional => 1 },
     };
 }
 
