@@ -53,12 +53,18 @@ public sealed class ContainerBackupTests(PathSocketDaemon daemon)
     public async Task The_archive_holds_container_owners_leaves_out_exclusions_and_restores_the_same_tree()
     {
         var (storage, tree) = await TreeAsync();
-        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 200, tree, 1700000000, Excludes);
+        byte[] firewall = [.. "[OPTIONS]\nenable: 1\n"u8.ToArray(), 0xC3, 0xA9, 0xFF];
+        var firewallFile = Path.Combine(storage.Root + "-ct", "200.fw");
+        await File.WriteAllBytesAsync(firewallFile, firewall);
+        var run = await VzdumpVm.ContainerAsync(daemon.SocketPath, storage, 200, tree, 1700000000, Excludes, ["--firewall", firewallFile]);
         Assert.True(run.ExitCode == 0, run.Output.ToJsonString() + run.Log);
         Assert.Equal("200/lxc-1700000000", run.Output["archive"]!.GetValue<string>());
 
         using var client = daemon.Connect();
         var volname = "backup/200/lxc-1700000000";
+        Assert.Equal(firewall, Convert.FromBase64String(client.Call("archive_get_firewall_config", Json.Params(storage, ("volname", volname)))!.GetValue<string>()));
+        var config = System.Text.Encoding.UTF8.GetString(Convert.FromBase64String(client.Call("archive_get_guest_config", Json.Params(storage, ("volname", volname)))!.GetValue<string>()));
+        Assert.Contains("unprivileged: 1", config, StringComparison.Ordinal);
         var mechanism = client.Call("restore_get_mechanism", Json.Params(storage, ("volname", volname)))!;
         Assert.Equal(("tar", "lxc"), (mechanism["mechanism"]!.GetValue<string>(), mechanism["vmtype"]!.GetValue<string>()));
         var archive = client.Call("restore_container_init", Json.Params(storage, ("volname", volname), ("info", new JsonObject())))!["tar-path"]!.GetValue<string>();

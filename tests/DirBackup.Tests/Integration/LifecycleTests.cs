@@ -60,7 +60,7 @@ public sealed class LifecycleTests : IDisposable
 
     [Fact]
     [Trait("speed", "slow")]
-    public async Task Restore_exports_left_by_a_crashed_daemon_are_removed_at_start()
+    public async Task Restore_exports_and_mounts_left_by_a_crashed_daemon_are_removed_at_start()
     {
         var socket = _dir.Combine("run", "dirbackupd.sock");
         var storage = new StorageBuilder(_dir.Combine("store"));
@@ -68,19 +68,29 @@ public sealed class LifecycleTests : IDisposable
         var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
         File.Delete(image);
         await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var container = storage.AddContainer(101, 1700000000, archive: "archive.sqfs");
+        var squashfs = Path.Combine(container.Directory, "archive.sqfs");
+        File.Delete(squashfs);
+        Directory.CreateDirectory(_dir.Combine("ct", "sbin"));
+        await SourceDisk.Run("mksquashfs", _dir.Combine("ct"), squashfs, "-quiet", "-no-progress");
         string export;
+        string mount;
         await using (var first = await DaemonProcess.StartAsync(socket))
         {
             using var client = LineClient.Connect(socket);
             client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
             export = client.Call("restore_vm_volume_init", Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+            mount = client.Call("restore_container_init", Json.Params(storage, ("volname", container.VolName), ("info", new System.Text.Json.Nodes.JsonObject())))!["archive-directory"]!.GetValue<string>();
             await first.CrashAsync();
         }
         Assert.Contains(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
+        Assert.Contains(mount, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
 
         await using var second = await DaemonProcess.StartAsync(socket);
         Assert.DoesNotContain(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
+        Assert.DoesNotContain(mount, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
         Assert.False(File.Exists(export));
+        Assert.False(Directory.Exists(mount));
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.GetDirectoryName(export)!));
     }
 
