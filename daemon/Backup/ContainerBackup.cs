@@ -120,7 +120,20 @@ public sealed class ContainerBackup(BackupSettings settings)
         {
             await Qemu.ChildProcess.RunAsync("chown", [$"{userId}:{userId}", image], context.CancellationToken).ConfigureAwait(false);
         }
-        await RunInCallerAsync(caller, mksquashfs, image, "3<>", context).ConfigureAwait(false);
+        var clock = Stopwatch.StartNew();
+        using (var progress = new CancellationTokenSource())
+        {
+            var reporter = ReportGrowthAsync(image, clock, context, progress.Token);
+            try
+            {
+                await RunInCallerAsync(caller, mksquashfs, image, "3<>", context).ConfigureAwait(false);
+            }
+            finally
+            {
+                await progress.CancelAsync().ConfigureAwait(false);
+                await reporter.ConfigureAwait(false);
+            }
+        }
         await Qemu.ChildProcess.RunAsync("chown", ["0:0", image], CancellationToken.None).ConfigureAwait(false);
         SyncFile(image);
     }
