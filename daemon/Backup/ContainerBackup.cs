@@ -43,7 +43,7 @@ public sealed class ContainerBackup(BackupSettings settings)
             }
             if (squashfs)
             {
-                await SquashAsync(caller, SquashfsArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, SquashfsFile), userId, context).ConfigureAwait(false);
+                await SquashAsync(caller, SquashfsArguments(directory, sources, excludes, userId != 0), Path.Combine(staging, SquashfsFile), userId, limit, context).ConfigureAwait(false);
             }
             else
             {
@@ -113,7 +113,7 @@ public sealed class ContainerBackup(BackupSettings settings)
     /// (opened as root by a shell in the host namespaces) and reopens it through /proc/self/fd, which works for
     /// the mapped root because the file belongs to it until the image is done.
     /// </summary>
-    private async Task SquashAsync(int caller, List<string> mksquashfs, string image, long userId, CallContext context)
+    private async Task SquashAsync(int caller, List<string> mksquashfs, string image, long userId, long bytesPerSecond, CallContext context)
     {
         await File.WriteAllBytesAsync(image, [], context.CancellationToken).ConfigureAwait(false);
         if (userId != 0)
@@ -126,7 +126,8 @@ public sealed class ContainerBackup(BackupSettings settings)
             var reporter = ReportGrowthAsync(image, clock, context, progress.Token);
             try
             {
-                await RunInCallerAsync(caller, mksquashfs, image, "3<>", context).ConfigureAwait(false);
+                await RunInCallerAsync(caller, mksquashfs, image, "3<>", context,
+                    bytesPerSecond > 0 ? process => PaceAsync(process, image, bytesPerSecond, clock) : null).ConfigureAwait(false);
             }
             finally
             {
@@ -337,7 +338,44 @@ public sealed class ContainerBackup(BackupSettings settings)
         await context.InfoAsync($"archive of {Units.Bytes(bytes)} written in {(int)Math.Round(seconds)} seconds ({Units.Bytes(bytes / seconds)}/s)").ConfigureAwait(false);
     }
 
-    private static async Task RunInCallerAsync(int caller, List<string> command, string file, string redirect, CallContext context)
+    /// <summary>
+    /// mksquashfs writes its image itself, so the limit is kept by pausing it (SIGSTOP, SIGCONT) whenever the image
+    /// has grown past what the limit allows so far.
+    /// </summary>
+    private static async Task PaceAsync(Process process, string image, long bytesPerSecond, Stopwatch clock)
+    {
+        bool stopped = false;
+        try
+        {
+            while (!process.HasExited)
+            {
+                await Task.Delay(50).ConfigureAwait(false);
+                long allowed = (long)(clock.Elapsed.TotalSeconds * bytesPerSecond);
+                long written = new FileInfo(image).Length;
+                if (written > allowed && !stopped)
+                {
+                    stopped = Native.Libc.kill(process.Id, SigStop) == 0;
+                }
+                else if (written <= allowed && stopped)
+                {
+                    Native.Libc.kill(process.Id, SigCont);
+                    stopped = false;
+                }
+            }
+        }
+        finally
+        {
+            if (stopped && !process.HasExited)
+            {
+                Native.Libc.kill(process.Id, SigCont);
+            }
+        }
+    }
+
+    private const int SigStop = 19;
+    private const int SigCont = 18;
+
+    private static async Task RunInCallerAsync(int caller, List<string> command, string file, string redirect, CallContext context, Func<Process, Task>? watch = null)
     {
         bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
         var psi = new ProcessStartInfo("sh") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
@@ -359,6 +397,7 @@ public sealed class ContainerBackup(BackupSettings settings)
         using var process = Process.Start(psi) ?? throw DirBackupException.Io("cannot start nsenter");
         var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
         var errors = ReadErrorsAsync(process.StandardError);
+        var watcher = watch?.Invoke(process) ?? Task.CompletedTask;
         try
         {
             await process.WaitForExitAsync(context.CancellationToken).ConfigureAwait(false);
@@ -367,6 +406,10 @@ public sealed class ContainerBackup(BackupSettings settings)
         {
             process.Kill(entireProcessTree: true);
             throw;
+        }
+        finally
+        {
+            await watcher.ConfigureAwait(false);
         }
         var stderr = await errors.ConfigureAwait(false);
         await stdout.ConfigureAwait(false);
