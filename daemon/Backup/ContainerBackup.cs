@@ -257,14 +257,7 @@ public sealed class ContainerBackup(BackupSettings settings)
     private async Task ArchiveAsync(int caller, List<string> tar, string archive, BandwidthLimiter? limiter, CallContext context)
     {
         var cancellationToken = context.CancellationToken;
-        bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
-        var nsenter = new List<string> { "nsenter", $"--target={caller.ToString(CultureInfo.InvariantCulture)}" };
-        if (ownUserNamespace)
-        {
-            nsenter.Add("--user");
-        }
-        nsenter.AddRange(["--mount", "--"]);
-        nsenter.AddRange(tar);
+        var nsenter = InCaller(caller, tar);
 
         // Without a bandwidth limit tar writes the archive itself: a shell in the host namespaces opens the file
         // as root and hands it to tar as its standard output, so the data makes no extra trip through a pipe.
@@ -377,20 +370,11 @@ public sealed class ContainerBackup(BackupSettings settings)
 
     private static async Task RunInCallerAsync(int caller, List<string> command, string file, string redirect, CallContext context, Func<Process, Task>? watch = null)
     {
-        bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
         var psi = new ProcessStartInfo("sh") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add("-c");
         psi.ArgumentList.Add($"exec \"$@\" {redirect}\"$0\"");
         psi.ArgumentList.Add(file);
-        psi.ArgumentList.Add("nsenter");
-        psi.ArgumentList.Add($"--target={caller.ToString(CultureInfo.InvariantCulture)}");
-        if (ownUserNamespace)
-        {
-            psi.ArgumentList.Add("--user");
-        }
-        psi.ArgumentList.Add("--mount");
-        psi.ArgumentList.Add("--");
-        foreach (var arg in command)
+        foreach (var arg in InCaller(caller, command))
         {
             psi.ArgumentList.Add(arg);
         }
@@ -421,6 +405,23 @@ public sealed class ContainerBackup(BackupSettings settings)
         {
             await context.WarnAsync(line).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// nsenter into the caller's mount namespace, and its user namespace when it has its own (an unprivileged
+    /// container): there nsenter becomes uid 0, the container's root.
+    /// </summary>
+    private static List<string> InCaller(int caller, IEnumerable<string> command)
+    {
+        bool ownUserNamespace = File.ResolveLinkTarget($"/proc/{caller}/ns/user", false)?.Name != File.ResolveLinkTarget("/proc/self/ns/user", false)?.Name;
+        var argv = new List<string> { "nsenter", $"--target={caller.ToString(CultureInfo.InvariantCulture)}" };
+        if (ownUserNamespace)
+        {
+            argv.Add("--user");
+        }
+        argv.AddRange(["--mount", "--"]);
+        argv.AddRange(command);
+        return argv;
     }
 
     private async Task ReportGrowthAsync(string archive, Stopwatch clock, CallContext context, CancellationToken stop)
