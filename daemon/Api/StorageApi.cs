@@ -152,11 +152,41 @@ public sealed partial class StorageApi(StoreSettings settings)
     }
 
     [RpcMethod("prune_backups")]
-    private Task<object?> PruneBackups(RpcArgs args, CallContext context)
+    private async Task<object?> PruneBackups(RpcArgs args, CallContext context)
     {
-        Open(args);
-        throw new DirBackupException(ErrorCode.NotImplementedYet,
-            "prune_backups is not implemented yet in this dirbackupd version: set the retention to keep-all and delete old backups by hand");
+        var store = Open(args);
+        await store.EnsureAvailableAsync(context.CancellationToken).ConfigureAwait(false);
+        var keep = new Dictionary<string, long>(StringComparer.Ordinal);
+        var keepElement = args.Element("keep");
+        if (keepElement.ValueKind == System.Text.Json.JsonValueKind.Object)
+        {
+            foreach (var option in keepElement.EnumerateObject())
+            {
+                keep[option.Name] = option.Value.ValueKind switch
+                {
+                    System.Text.Json.JsonValueKind.True => 1,
+                    System.Text.Json.JsonValueKind.False => 0,
+                    System.Text.Json.JsonValueKind.Number when option.Value.TryGetInt64(out long n) && n >= 0 => n,
+                    System.Text.Json.JsonValueKind.String when long.TryParse(option.Value.GetString(), out long n) && n >= 0 => n,
+                    _ => throw DirBackupException.InvalidParams($"prune_backups: keep option '{option.Name}' must be a number of backups"),
+                };
+            }
+        }
+        GuestType? type = args.OptionalString("type") switch
+        {
+            null => null,
+            var t when GuestTypes.TryParse(t, out var parsed) => parsed,
+            var t => throw DirBackupException.InvalidParams($"prune_backups: unknown type '{t}' (qemu or lxc)"),
+        };
+        var entries = await store.PruneAsync(keep, args.OptionalVmId(), type, args.Boolean("dryrun"), context.LogAsync, context.CancellationToken).ConfigureAwait(false);
+        return entries.Select(e => new Dictionary<string, object>
+        {
+            ["volid"] = e.Volume.VolId(store.Config.StoreId),
+            ["ctime"] = e.CTime,
+            ["type"] = e.Volume.Type.Name(),
+            ["vmid"] = e.Volume.VmId,
+            ["mark"] = e.Mark ?? "keep",
+        }).ToList();
     }
 
     private static void RefuseSnapshot(RpcArgs args, string parameter)

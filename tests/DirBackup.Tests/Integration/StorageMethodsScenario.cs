@@ -205,16 +205,32 @@ public abstract class StorageMethodsScenario(DaemonFixture daemon)
     }
 
     [Fact]
-    public void Methods_of_later_releases_say_honestly_they_are_not_there_yet()
+    public void Prune_applies_retention_but_keeps_bases_of_kept_backups_and_protected_ones()
     {
         var storage = daemon.NewStorage();
         storage.AddVm(100, 1700000000);
-        var before = storage.Snapshot();
+        storage.AddVm(100, 1700086400, parent: "1700000000");
+        var protectedOld = storage.AddVm(101, 1600000000, isProtected: true);
+        var oldFull = storage.AddVm(101, 1700000000);
+        var newFull = storage.AddVm(101, 1700086400);
         using var client = daemon.Connect();
-        var e = client.Fail("prune_backups", Json.Params(storage, ("keep", new JsonObject { ["keep-last"] = 1 }), ("vmid", 100), ("type", "qemu"), ("dryrun", 0)));
-        Assert.Equal((int)ErrorCode.NotImplementedYet, e.Code);
-        Assert.Contains("not implemented yet", e.Message, StringComparison.Ordinal);
+        JsonObject Prune(bool dryRun) => Json.Params(storage, ("keep", new JsonObject { ["keep-last"] = 1 }), ("dryrun", dryRun));
+
+        var before = storage.Snapshot();
+        var dry = client.Call("prune_backups", Prune(true))!.AsArray();
         Assert.Equal(before, storage.Snapshot());
+        string MarkOf(JsonArray list, string volname) => list.Single(e => e!["volid"]!.GetValue<string>() == "test:" + volname)!["mark"]!.GetValue<string>();
+        Assert.Equal("keep", MarkOf(dry, "backup/100/qemu-1700086400"));
+        Assert.Equal("keep", MarkOf(dry, "backup/100/qemu-1700000000"));
+        Assert.Equal("protected", MarkOf(dry, protectedOld.VolName));
+        Assert.Equal("remove", MarkOf(dry, oldFull.VolName));
+        Assert.Equal("keep", MarkOf(dry, newFull.VolName));
+        Assert.Contains(client.Notifications, n => n["params"]!["message"]!.GetValue<string>().Contains("keeping backup 'test:backup/100/qemu-1700000000': 'test:backup/100/qemu-1700086400' is based on it", StringComparison.Ordinal));
+
+        client.Call("prune_backups", Prune(false));
+        Assert.False(Directory.Exists(oldFull.Directory));
+        Assert.Equal(4, client.Call("list_volumes", Json.Params(storage))!.AsArray().Count);
+        Assert.Contains(client.Notifications, n => n["params"]!["message"]!.GetValue<string>() == $"removing backup 'test:{oldFull.VolName}'");
     }
 }
 

@@ -66,9 +66,10 @@ subtest 'properties() and options()' => sub {
         content => { optional => 1 },
         shared => { optional => 1 },
         'max-protected-backups' => { optional => 1 },
+        'prune-backups' => { optional => 1 },
         'dirbackup-vm-mode' => { optional => 1 },
         'dirbackup-ct-format' => { optional => 1 },
-    }, 'options: path fixed, the rest optional, no prune-backups');
+    }, 'options: path fixed, the rest optional, prune-backups offered');
     is_deeply($props->{'dirbackup-ct-format'}->{enum}, ['tar', 'squashfs'], 'container format: tar or squashfs');
     is_deeply($props->{'dirbackup-vm-mode'}->{enum}, ['incremental', 'full'], 'VM mode: incremental or full');
     is($props->{'dirbackup-vm-mode'}->{default}, 'incremental', 'VM backups are incremental unless set otherwise');

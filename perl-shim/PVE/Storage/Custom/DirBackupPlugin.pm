@@ -77,8 +77,7 @@ sub properties {
     };
 }
 
-# prune-backups is left out until the daemon implements prune_backups: with a retention set,
-# vzdump would prune after every guest and fail the backup.
+# prune-backups and max-protected-backups are PVE's own properties: listed here, never redeclared.
 sub options {
     return {
         path => { fixed => 1 },
@@ -87,6 +86,7 @@ sub options {
         content => { optional => 1 },
         shared => { optional => 1 },
         'max-protected-backups' => { optional => 1 },
+        'prune-backups' => { optional => 1 },
         'dirbackup-vm-mode' => { optional => 1 },
         'dirbackup-ct-format' => { optional => 1 },
     };
