@@ -311,6 +311,4 @@ public sealed partial class VmBackup(BackupSettings settings)
         using var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
         fs.Flush(flushToDisk: true);
     }
-
-    public static string Invariant(long value) => value.ToString(CultureInfo.InvariantCulture);
 }

@@ -108,25 +108,5 @@ public sealed class CtBench(string repo, string work, string daemonDll)
         File.WriteAllText(marker, "");
     }
 
-    private async Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env = null)
-    {
-        var psi = new ProcessStartInfo(tool) { WorkingDirectory = repo, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            psi.ArgumentList.Add(arg);
-        }
-        foreach (var (k, v) in env ?? [])
-        {
-            psi.Environment[k] = v;
-        }
-        using var process = Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{tool} failed: {await stderr} {await stdout}");
-        }
-        return await stdout;
-    }
+    private Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env = null) => Tools.RunAsync(repo, tool, args, env);
 }

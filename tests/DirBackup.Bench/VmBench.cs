@@ -367,27 +367,5 @@ public sealed class VmBench(string repo, string work, string daemonDll)
 
     private Task Sh(string command) => Run("sh", ["-c", command]);
 
-    private async Task<string> Run(string tool, IEnumerable<string> args) => await Run(tool, args, null);
-
-    private async Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env)
-    {
-        var psi = new ProcessStartInfo(tool) { WorkingDirectory = repo, RedirectStandardOutput = true, RedirectStandardError = true };
-        foreach (var arg in args)
-        {
-            psi.ArgumentList.Add(arg);
-        }
-        foreach (var (k, v) in env ?? [])
-        {
-            psi.Environment[k] = v;
-        }
-        using var process = Process.Start(psi)!;
-        var stdout = process.StandardOutput.ReadToEndAsync();
-        var stderr = process.StandardError.ReadToEndAsync();
-        await process.WaitForExitAsync();
-        if (process.ExitCode != 0)
-        {
-            throw new InvalidOperationException($"{tool} failed: {await stderr} {await stdout}");
-        }
-        return await stdout;
-    }
+    private Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env = null) => Tools.RunAsync(repo, tool, args, env);
 }

@@ -11,19 +11,6 @@ namespace DirBackup.Tests.EndToEnd;
 [Collection(PathSocketCollection.Name)]
 public sealed class PerlShimEndToEndTests(PathSocketDaemon daemon)
 {
-    private static string RepoRoot
-    {
-        get
-        {
-            var dir = new DirectoryInfo(AppContext.BaseDirectory);
-            while (dir is not null && !File.Exists(Path.Combine(dir.FullName, "protocol", "catalog.json")))
-            {
-                dir = dir.Parent;
-            }
-            return dir?.FullName ?? throw new InvalidOperationException("repository root not found above " + AppContext.BaseDirectory);
-        }
-    }
-
     [Fact]
     public async Task The_perl_shim_lists_annotates_protects_and_deletes_prepared_backups()
     {
@@ -38,7 +25,7 @@ public sealed class PerlShimEndToEndTests(PathSocketDaemon daemon)
 
         var psi = new ProcessStartInfo("prove", ["-v", "-I", "perl-shim", "-I", "tests/perl/lib", "tests/perl/e2e"])
         {
-            WorkingDirectory = RepoRoot,
+            WorkingDirectory = VzdumpVm.RepoRoot,
             RedirectStandardOutput = true,
             RedirectStandardError = true,
         };

@@ -71,19 +71,14 @@ public static class ContainerTree
     private static string AclWithoutShift(string acl, int shift) =>
         System.Text.RegularExpressions.Regex.Replace(acl, @"user:(\d+):", m => $"user:{long.Parse(m.Groups[1].Value) - shift}:");
 
-    public static async Task<string> RunAsync(string tool, IEnumerable<string> args, string? stdin = null)
+    public static async Task<string> RunAsync(string tool, IEnumerable<string> args)
     {
-        var psi = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, RedirectStandardInput = stdin is not null };
+        var psi = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true };
         foreach (var arg in args)
         {
             psi.ArgumentList.Add(arg);
         }
         using var process = Process.Start(psi)!;
-        if (stdin is not null)
-        {
-            await process.StandardInput.WriteAsync(stdin);
-            process.StandardInput.Close();
-        }
         var stdout = process.StandardOutput.ReadToEndAsync();
         var stderr = process.StandardError.ReadToEndAsync();
         await process.WaitForExitAsync();

@@ -49,6 +49,16 @@ public sealed class StorageBuilder
         return prepared;
     }
 
+    /// <summary>A VM backup whose disk is a real (empty) 4 GiB qcow2 image, for tests that export it.</summary>
+    public async Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time)
+    {
+        var backup = AddVm(vmid, time);
+        var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
+        File.Delete(image);
+        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        return backup;
+    }
+
     public PreparedBackup AddContainer(int vmid, long time, string archive = "archive.tar")
     {
         var volume = new VolumeName(vmid, GuestType.Lxc, time);

@@ -64,10 +64,7 @@ public sealed class LifecycleTests : IDisposable
     {
         var socket = _dir.Combine("run", "dirbackupd.sock");
         var storage = new StorageBuilder(_dir.Combine("store"));
-        var backup = storage.AddVm(100, 1700000000);
-        var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
-        File.Delete(image);
-        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var backup = await storage.AddVmWithImageAsync(100, 1700000000);
         var container = storage.AddContainer(101, 1700000000, archive: "archive.sqfs");
         var squashfs = Path.Combine(container.Directory, "archive.sqfs");
         File.Delete(squashfs);
@@ -100,10 +97,7 @@ public sealed class LifecycleTests : IDisposable
     {
         var socket = _dir.Combine("run", "dirbackupd.sock");
         var storage = new StorageBuilder(_dir.Combine("store"));
-        var backup = storage.AddVm(100, 1700000000);
-        var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
-        File.Delete(image);
-        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var backup = await storage.AddVmWithImageAsync(100, 1700000000);
         await using var daemon = await DaemonProcess.StartAsync(socket);
         string export;
         using (var client = LineClient.Connect(socket))
