@@ -77,6 +77,64 @@ internal static unsafe partial class Libc
         return *(int*)(buf + 24) & 0xF000;
     }
 
+    public const int O_RDWR = 2;
+    public const int O_NOFOLLOW = 0x20000;
+    public const ulong MS_RDONLY = 1;
+    public const ulong MS_NOSUID = 2;
+    public const ulong MS_NODEV = 4;
+    public const ulong MS_NOEXEC = 8;
+    public const int MNT_DETACH = 2;
+
+    [LibraryImport(Lib, EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int mount(string source, string target, string fsType, ulong flags, string data);
+
+    [LibraryImport(Lib, EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int umount2(string target, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
+    public static partial nint read(int fd, void* buf, nuint count);
+
+    [LibraryImport(Lib, EntryPoint = "write", SetLastError = true)]
+    public static partial nint write(int fd, void* buf, nuint count);
+
+    [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
+    public static partial nint pread(int fd, void* buf, nuint count, long offset);
+
+    [LibraryImport(Lib, EntryPoint = "fstat", SetLastError = true)]
+    private static partial int fstat(int fd, byte* buf);
+
+    /// <summary>An open file's type bits (S_IFMT), or -1.</summary>
+    public static int FileType(int fd)
+    {
+        byte* buf = stackalloc byte[256];
+        return fstat(fd, buf) != 0 ? -1 : *(int*)(buf + 24) & 0xF000;
+    }
+
+    public const uint SPLICE_F_MOVE = 1;
+    public const uint SPLICE_F_NONBLOCK = 2;
+    public const int O_NONBLOCK = 0x800;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct IoVec
+    {
+        public void* Base;
+        public nuint Length;
+    }
+
+    [LibraryImport(Lib, EntryPoint = "pipe2", SetLastError = true)]
+    public static partial int pipe2(int* fds, int flags);
+
+    [LibraryImport(Lib, EntryPoint = "splice", SetLastError = true)]
+    public static partial nint splice(int fdIn, long* offIn, int fdOut, long* offOut, nuint length, uint flags);
+
+    [LibraryImport(Lib, EntryPoint = "vmsplice", SetLastError = true)]
+    public static partial nint vmsplice(int fd, IoVec* iov, nuint count, uint flags);
+
+    public const int FIONREAD = 0x541B;
+
+    [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int ioctl_int(int fd, ulong request, int* value);
+
     public const int S_IFSOCK = 0xC000;
     public const int S_IFREG = 0x8000;
     public const int S_IFLNK = 0xA000;

@@ -9,7 +9,7 @@ namespace DirBackup.Restore;
 /// </summary>
 public sealed class RestoreSessions(string runtimeDir)
 {
-    private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<FuseExport>>> _exports = new();
+    private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<IChainExport>>> _exports = new();
     private readonly SemaphoreSlim _teardown = new(1, 1);
 
     public string ExportDir => Path.Combine(runtimeDir, "restore");
@@ -23,23 +23,25 @@ public sealed class RestoreSessions(string runtimeDir)
     {
         var key = (store.Root, volume, device);
         InUse.Acquire(store.Root, volume);
-        var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<FuseExport>>(() => StartAsync(store, volume, device, cancellationToken)));
+        var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<IChainExport>>(() => StartAsync(store, volume, device, cancellationToken)));
         try
         {
             return (await lazy.Value.ConfigureAwait(false)).Path;
         }
         catch
         {
-            _exports.TryRemove(new KeyValuePair<(string, VolumeName, string), Lazy<Task<FuseExport>>>(key, lazy));
+            _exports.TryRemove(new KeyValuePair<(string, VolumeName, string), Lazy<Task<IChainExport>>>(key, lazy));
             throw;
         }
     }
 
-    private async Task<FuseExport> StartAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    /// <summary>The daemon serves the chain itself; only a chain with data QEMU alone can read (compressed clusters) goes through QEMU's slower export.</summary>
+    private async Task<IChainExport> StartAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
     {
         var layers = await ChainBuilder.BuildAsync(store, volume, device, cancellationToken).ConfigureAwait(false);
         var mountpoint = Path.Combine(ExportDir, $"{volume.VmId}-{volume.BackupDirName}-{device}-{Guid.NewGuid():N}.raw");
-        return await FuseExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
+        return (IChainExport?)await ChainFileExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false)
+            ?? await QemuChainExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Idempotent: a device never exported, or already torn down, is fine.</summary>
@@ -77,9 +79,9 @@ public sealed class RestoreSessions(string runtimeDir)
         }
     }
 
-    private async Task StopOneAsync(Lazy<Task<FuseExport>> lazy)
+    private async Task StopOneAsync(Lazy<Task<IChainExport>> lazy)
     {
-        FuseExport export;
+        IChainExport export;
         try
         {
             export = await lazy.Value.ConfigureAwait(false);
@@ -103,8 +105,8 @@ public sealed class RestoreSessions(string runtimeDir)
     /// <summary>At start: restore exports and backup-target servers a crashed daemon left running.</summary>
     public async Task RemoveLeftoversAsync()
     {
-        await FuseExport.RemoveLeftoversAsync(ExportDir).ConfigureAwait(false);
-        await FuseExport.RemoveLeftoversAsync(runtimeDir, StorageDaemonSocketPattern).ConfigureAwait(false);
+        await QemuChainExport.RemoveLeftoversAsync(ExportDir).ConfigureAwait(false);
+        await QemuChainExport.RemoveLeftoversAsync(runtimeDir, StorageDaemonSocketPattern).ConfigureAwait(false);
     }
 
     private const string StorageDaemonSocketPattern = "qsd-*.sock*";

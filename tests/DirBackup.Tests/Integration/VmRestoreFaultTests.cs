@@ -148,4 +148,50 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
         Assert.False(File.Exists(path));
         s.Client.Call("free_image", Json.Params(s.Storage, ("volname", Top)));
     }
+
+    private string Export(Setup s)
+    {
+        s.Client.Call("restore_vm_init", Json.Params(s.Storage, ("volname", Top)));
+        return s.Client.Call("restore_vm_volume_init", Json.Params(s.Storage, ("volname", Top), ("device", Device), ("info", new JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+    }
+
+    private static void EndRestore(Setup s)
+    {
+        s.Client.Call("restore_vm_volume_cleanup", Json.Params(s.Storage, ("volname", Top), ("device", Device), ("info", new JsonObject())));
+        s.Client.Call("restore_vm_cleanup", Json.Params(s.Storage, ("volname", Top)));
+    }
+
+    [Fact]
+    public async Task The_exported_file_shows_the_chains_data_and_holes_and_cannot_be_written()
+    {
+        using var s = await WithChainAsync();
+        var path = Export(s);
+
+        // qemu-img maps a raw file with SEEK_DATA/SEEK_HOLE: the full backup's 2 MiB and the incremental's 1 MiB.
+        var map = System.Text.Json.JsonDocument.Parse(await ContainerTree.RunAsync("qemu-img", ["map", "--output=json", "-f", "raw", path]));
+        var data = map.RootElement.EnumerateArray().Where(e => e.GetProperty("data").GetBoolean())
+            .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("length").GetInt64())).ToList();
+        Assert.Equal([(0L, 2L << 20), (4L << 20, 1L << 20)], data);
+        await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, s.TopImage);
+        Assert.ThrowsAny<IOException>(() => File.Open(path, FileMode.Open, FileAccess.ReadWrite).Dispose());
+        Assert.False(File.Exists(path + ".pid"), "the daemon serves its own chains; no qemu-storage-daemon runs");
+
+        EndRestore(s);
+        Assert.DoesNotContain(path, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_chain_with_compressed_clusters_is_served_by_qemu_and_reads_the_same()
+    {
+        using var s = await WithChainAsync();
+        var compressed = s.BaseImage + ".compressed";
+        await SourceDisk.Run("qemu-img", "convert", "-c", "-f", "qcow2", "-O", "qcow2", s.BaseImage, compressed);
+        File.Move(compressed, s.BaseImage, overwrite: true);
+        var path = Export(s);
+
+        Assert.True(File.Exists(path + ".pid"), "a compressed layer is served through qemu-storage-daemon");
+        await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, s.TopImage);
+        EndRestore(s);
+        Assert.False(File.Exists(path));
+    }
 }

@@ -13,11 +13,11 @@ namespace DirBackup.Restore;
 /// Every layer is its own read-only qcow2 node whose backing node is named explicitly, so QEMU never follows a
 /// backing file name from an image header.
 /// </summary>
-public sealed class FuseExport
+public sealed class QemuChainExport : IChainExport
 {
     private readonly Process _process;
 
-    private FuseExport(Process process, string path)
+    private QemuChainExport(Process process, string path)
     {
         _process = process;
         Path = path;
@@ -25,7 +25,7 @@ public sealed class FuseExport
 
     public string Path { get; }
 
-    public static async Task<FuseExport> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, CancellationToken cancellationToken)
+    public static async Task<QemuChainExport> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(mountpoint)!);
         await File.WriteAllBytesAsync(mountpoint, [], cancellationToken).ConfigureAwait(false);
@@ -53,7 +53,7 @@ public sealed class FuseExport
         psi.ArgumentList.Add("--pidfile");
         psi.ArgumentList.Add(mountpoint + ".pid");
         var process = Process.Start(psi) ?? throw DirBackupException.Io($"cannot start {StorageDaemon.Tool}");
-        var export = new FuseExport(process, mountpoint);
+        var export = new QemuChainExport(process, mountpoint);
         var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
         _ = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
         long size = layers[^1].Size;

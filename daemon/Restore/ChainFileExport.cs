@@ -1,0 +1,158 @@
+using System.Runtime.InteropServices;
+using DirBackup.Errors;
+using DirBackup.Native;
+
+namespace DirBackup.Restore;
+
+/// <summary>
+/// A device's chain as a read-only FUSE file served by the daemon itself: each read is answered with pread from
+/// the layer file that holds the data, per the chain's <see cref="ChainMap"/>, by several threads at once.
+/// QEMU 7.2's own FUSE export answers one read at a time in its main loop (0.2x of reading the chain directly,
+/// measured); this keeps PVE's <c>qemu-img convert -f raw</c> near the speed of reading the files.
+/// Direct I/O skips the page cache of the FUSE file, and SEEK_DATA/SEEK_HOLE tell the reader where the zeroes are.
+/// </summary>
+public sealed partial class ChainFileExport : IChainExport
+{
+    // Replies are spliced through a pipe that must hold a whole one (a slot per page, and the header's).
+    private static readonly int MaxRead = Math.Clamp(SplicePipe.Capacity / 2, 128 << 10, 1 << 20);
+    private static readonly int InBufferSize = (1 << 20) + 4096; // the kernel refuses a smaller buffer than max_write allows
+    private const int OutHeaderSize = 16;
+    private const int Workers = 8;
+
+    private readonly ChainMap _map;
+    private readonly int[] _layerFds;
+    private readonly int _fuseFd;
+    private readonly TaskCompletionSource<string?> _initialized = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly long _time = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    private int _running;
+
+    private ChainFileExport(string path, ChainMap map, int[] layerFds, int fuseFd)
+    {
+        Path = path;
+        _map = map;
+        _layerFds = layerFds;
+        _fuseFd = fuseFd;
+    }
+
+    public string Path { get; }
+
+    /// <summary>Null when the chain holds data that only QEMU can read (compressed clusters); nothing is left open then.</summary>
+    public static async Task<ChainFileExport?> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, CancellationToken cancellationToken)
+    {
+        var fds = new List<int>();
+        try
+        {
+            foreach (var layer in layers)
+            {
+                fds.Add(OpenLayer(layer));
+            }
+            // qemu-img maps the very files we hold open, whatever happens to the names meanwhile.
+            var map = await ChainMap.BuildAsync(fds.Select(fd => $"/proc/{Environment.ProcessId}/fd/{fd}").ToList(), layers[^1].Size, cancellationToken).ConfigureAwait(false);
+            if (map is null)
+            {
+                return null;
+            }
+            var export = Mount(mountpoint, map, [.. fds]);
+            fds.Clear();
+            await export.WaitForInitAsync(cancellationToken).ConfigureAwait(false);
+            return export;
+        }
+        finally
+        {
+            foreach (int fd in fds)
+            {
+                Libc.close(fd);
+            }
+        }
+    }
+
+    private static int OpenLayer(ChainLayer layer)
+    {
+        int fd = Libc.open(layer.Path, Libc.O_RDONLY | Libc.O_NOFOLLOW | Libc.O_CLOEXEC);
+        if (fd < 0)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: cannot open '{layer.Path}': {Libc.Describe(Marshal.GetLastPInvokeError())}");
+        }
+        if (Libc.FileType(fd) != Libc.S_IFREG)
+        {
+            Libc.close(fd);
+            throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is not a regular file (a link or something else replaced it)");
+        }
+        return fd;
+    }
+
+    private static ChainFileExport Mount(string mountpoint, ChainMap map, int[] layerFds)
+    {
+        Directory.CreateDirectory(System.IO.Path.GetDirectoryName(mountpoint)!);
+        File.WriteAllBytes(mountpoint, []);
+        int fuseFd = Libc.open("/dev/fuse", Libc.O_RDWR | Libc.O_CLOEXEC);
+        if (fuseFd < 0)
+        {
+            File.Delete(mountpoint);
+            throw DirBackupException.Io($"cannot open /dev/fuse to export the restore: {Libc.Describe(Marshal.GetLastPInvokeError())}");
+        }
+        var options = $"fd={fuseFd},rootmode=100000,user_id=0,group_id=0,default_permissions,max_read={MaxRead}";
+        if (Libc.mount("dirbackupd", mountpoint, "fuse.dirbackupd", Libc.MS_RDONLY | Libc.MS_NOSUID | Libc.MS_NODEV | Libc.MS_NOEXEC, options) != 0)
+        {
+            int errno = Marshal.GetLastPInvokeError();
+            Libc.close(fuseFd);
+            File.Delete(mountpoint);
+            throw DirBackupException.Io($"cannot mount the restore export at '{mountpoint}': {Libc.Describe(errno)}");
+        }
+        var export = new ChainFileExport(mountpoint, map, layerFds, fuseFd);
+        export._running = Workers;
+        for (int i = 0; i < Workers; i++)
+        {
+            new Thread(export.Serve) { IsBackground = true, Name = "restore-fuse" }.Start();
+        }
+        return export;
+    }
+
+    private async Task WaitForInitAsync(CancellationToken cancellationToken)
+    {
+        string? refusal;
+        try
+        {
+            refusal = await _initialized.Task.WaitAsync(TimeSpan.FromSeconds(10), cancellationToken).ConfigureAwait(false);
+        }
+        catch (Exception e) when (e is TimeoutException or OperationCanceledException)
+        {
+            await StopAsync().ConfigureAwait(false);
+            cancellationToken.ThrowIfCancellationRequested();
+            throw DirBackupException.Io($"the kernel did not start the restore export at '{Path}' within 10 s");
+        }
+        if (refusal is not null)
+        {
+            await StopAsync().ConfigureAwait(false);
+            throw DirBackupException.Io(refusal);
+        }
+    }
+
+    /// <summary>
+    /// Unmounting ends the kernel's connection, which wakes every worker with ENODEV. A reader still holding the file
+    /// keeps a lazily detached mount alive; the workers then finish when it lets go and free what they hold.
+    /// </summary>
+    public async Task StopAsync()
+    {
+        if (Libc.umount2(Path, 0) != 0)
+        {
+            Libc.umount2(Path, Libc.MNT_DETACH);
+        }
+        _initialized.TrySetResult("the restore export was stopped before the kernel started it");
+        try
+        {
+            await _stopped.Task.WaitAsync(TimeSpan.FromSeconds(10)).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+        }
+        try
+        {
+            File.Delete(Path);
+        }
+        catch (IOException)
+        {
+        }
+    }
+}
