@@ -17,7 +17,7 @@ public sealed partial class ChainFileExport : IChainExport
     private static readonly int MaxRead = Math.Clamp(SplicePipe.Capacity / 2, 128 << 10, 1 << 20);
     private static readonly int InBufferSize = (1 << 20) + 4096; // the kernel refuses a smaller buffer than max_write allows
     private const int OutHeaderSize = 16;
-    private const int Workers = 8;
+    private const int Workers = 8; // more than qemu-img has reads in flight, so an lseek never waits behind them
 
     private readonly ChainMap _map;
     private readonly int[] _layerFds;

@@ -66,20 +66,8 @@ public sealed class CtBench(string repo, string work, string daemonDll)
         }
     }
 
-    private async Task<double> TimeAsync(Func<Task> run)
-    {
-        if (Directory.Exists(Out))
-        {
-            Directory.Delete(Out, recursive: true);
-        }
-        Directory.CreateDirectory(Out);
-        await Run("sync", []);
-        await Task.Delay(2000);
-        var watch = Stopwatch.StartNew();
-        await run();
-        await Run("sync", []);
-        return watch.Elapsed.TotalSeconds;
-    }
+    // Container archives are compared durable with durable: the sync is timed.
+    private Task<double> TimeAsync(Func<Task> run) => Tools.TimeSettledAsync(repo, Out, run, syncAfter: true);
 
     private async Task PrepareAsync()
     {

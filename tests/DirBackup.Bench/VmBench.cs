@@ -176,20 +176,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
 
     private static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
-    private async Task<double> TimeAsync(Func<Task> run)
-    {
-        // Deleting gigabytes stalls later writes on this disk (online discard): clean up and settle before timing.
-        if (Directory.Exists(Out))
-        {
-            Directory.Delete(Out, recursive: true);
-        }
-        Directory.CreateDirectory(Out);
-        await Sh("sync");
-        await Task.Delay(2000);
-        var watch = Stopwatch.StartNew();
-        await run();
-        return watch.Elapsed.TotalSeconds;
-    }
+    private Task<double> TimeAsync(Func<Task> run) => Tools.TimeSettledAsync(repo, Out, run);
 
     private async Task OursAsync(string daemonSocket, string sourceSocket, int vmid, bool bitmap, long time = 1_700_000_000)
     {
