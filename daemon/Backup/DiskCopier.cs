@@ -342,26 +342,26 @@ public static class DiskCopier
     private static bool IsKept(ChunkWork chunk, long blockStart, int length) =>
         chunk.Pieces.Any(p => p.Kind == PieceKind.Keep && p.Offset <= blockStart && p.Offset + p.Length >= blockStart + length);
 
-    /// <summary>PVE's fleecing image grows with every block the guest rewrites until the backup has read it: give it back.</summary>
-    private static void TrimCopied(WorkUnit unit, NbdClient source, ref int trimFailed, Action<string> warn)
+    /// <summary>PVE's fleecing image grows with every block the guest rewrites until the backup has read it: give it back, all of a unit in one batch.</summary>
+    private static unsafe void TrimCopied(WorkUnit unit, NbdClient source, ref int trimFailed, Action<string> warn)
     {
+        var trims = new List<NbdRequest>();
         foreach (var segment in unit.Segments)
         {
-            if (segment.Source != SegmentSource.Source)
+            if (segment.Source == SegmentSource.Source)
             {
-                continue;
+                trims.Add(new NbdRequest(NbdRequestKind.Trim, null, segment.Length, segment.Offset));
             }
-            try
+        }
+        try
+        {
+            source.Batch(CollectionsMarshal.AsSpan(trims));
+        }
+        catch (DirBackupException e)
+        {
+            if (Interlocked.Exchange(ref trimFailed, 1) == 0)
             {
-                source.Trim(segment.Length, segment.Offset);
-            }
-            catch (DirBackupException e)
-            {
-                if (Interlocked.Exchange(ref trimFailed, 1) == 0)
-                {
-                    warn($"discarding copied data in the source failed, not trying again for this disk: {e.Message}");
-                }
-                return;
+                warn($"discarding copied data in the source failed, not trying again for this disk: {e.Message}");
             }
         }
     }

@@ -196,7 +196,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         try
         {
             await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
-            target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, cancellationToken).ConfigureAwait(false);
+            target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, scatteredWrites: parent is not null, cancellationToken).ConfigureAwait(false);
         }
         catch
         {

@@ -29,6 +29,7 @@ internal static unsafe partial class LibNbd
     [LibraryImport(Lib)] public static partial long nbd_aio_pread(nint h, void* buf, nuint count, ulong offset, CompletionCallback completion, uint flags);
     [LibraryImport(Lib)] public static partial long nbd_aio_pwrite(nint h, void* buf, nuint count, ulong offset, CompletionCallback completion, uint flags);
     [LibraryImport(Lib)] public static partial long nbd_aio_zero(nint h, ulong count, ulong offset, CompletionCallback completion, uint flags);
+    [LibraryImport(Lib)] public static partial long nbd_aio_trim(nint h, ulong count, ulong offset, CompletionCallback completion, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_aio_command_completed(nint h, ulong cookie);
     [LibraryImport(Lib)] public static partial int nbd_poll(nint h, int timeout);
 
@@ -50,7 +51,6 @@ internal static unsafe partial class LibNbd
     [LibraryImport(Lib)] public static partial int nbd_pread(nint h, void* buf, nuint count, ulong offset, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_pwrite(nint h, void* buf, nuint count, ulong offset, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_zero(nint h, ulong count, ulong offset, uint flags);
-    [LibraryImport(Lib)] public static partial int nbd_trim(nint h, ulong count, ulong offset, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_flush(nint h, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_shutdown(nint h, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_block_status(nint h, ulong count, ulong offset, ExtentCallback callback, uint flags);

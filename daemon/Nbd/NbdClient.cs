@@ -95,11 +95,8 @@ public sealed unsafe class NbdClient : IDisposable
     public void Zero(long length, long offset) =>
         Check(LibNbd.nbd_zero(Handle, (ulong)length, (ulong)offset, 0), $"zero {length} bytes at {offset}");
 
-    public void Trim(long length, long offset) =>
-        Check(LibNbd.nbd_trim(Handle, (ulong)length, (ulong)offset, 0), $"trim {length} bytes at {offset}");
-
     /// <summary>
-    /// Several reads, writes or zeroes at once on this connection: all are sent before waiting, so one thread keeps
+    /// Several reads, writes, zeroes or trims at once on this connection: all are sent before waiting, so one thread keeps
     /// many requests in flight. Buffers must be pinned (they are read or written by libnbd until completion).
     /// </summary>
     public void Batch(ReadOnlySpan<NbdRequest> requests)
@@ -114,7 +111,8 @@ public sealed unsafe class NbdClient : IDisposable
             {
                 NbdRequestKind.Read => LibNbd.nbd_aio_pread(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
                 NbdRequestKind.Write => LibNbd.nbd_aio_pwrite(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
-                _ => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
+                NbdRequestKind.Zero => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
+                _ => LibNbd.nbd_aio_trim(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
             };
             if (cookies[i] == -1)
             {

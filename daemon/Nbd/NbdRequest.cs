@@ -5,6 +5,7 @@ public enum NbdRequestKind
     Read,
     Write,
     Zero,
+    Trim,
 }
 
 /// <summary>One request of a <see cref="NbdClient.Batch"/>; <see cref="Buffer"/> points into pinned memory.</summary>

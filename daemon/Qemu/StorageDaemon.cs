@@ -27,16 +27,23 @@ public sealed class StorageDaemon : IAsyncDisposable
     public string SocketPath { get; }
 
     /// <summary>
-    /// I/O modes for the image, best first: O_DIRECT with io_uring keeps the copy from waiting on a final flush
-    /// of gigabytes of page cache; a kernel or filesystem without io_uring or O_DIRECT (tmpfs) gets the next one.
+    /// I/O modes for a full backup's image, best first: O_DIRECT with io_uring keeps the copy from waiting on a final
+    /// flush of gigabytes of page cache; a kernel or filesystem without io_uring or O_DIRECT (tmpfs) gets the next one.
     /// </summary>
-    private static readonly string[] IoModes = ["cache.direct=on,aio=io_uring", "cache.direct=on,aio=native", "cache.direct=off,aio=threads"];
+    private static readonly string[] BulkIoModes = ["cache.direct=on,aio=io_uring", "cache.direct=on,aio=native", "cache.direct=off,aio=threads"];
 
-    public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, string runtimeDir, CancellationToken cancellationToken)
+    /// <summary>
+    /// An incremental writes scattered 64 KiB clusters: through the page cache they cost a copy each instead of a
+    /// disk round trip per cluster allocation (0.16-0.20 s against 0.21-0.32 s for 82 MiB in 1301 pieces, measured),
+    /// and the flush before the commit writes them out together.
+    /// </summary>
+    private static readonly string[] ScatteredIoModes = ["cache.direct=off,aio=io_uring", "cache.direct=off,aio=threads"];
+
+    public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, string runtimeDir, bool scatteredWrites, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(runtimeDir);
         DirBackupException? last = null;
-        foreach (var ioMode in IoModes)
+        foreach (var ioMode in scatteredWrites ? ScatteredIoModes : BulkIoModes)
         {
             try
             {

@@ -284,15 +284,9 @@ public sealed class DiskFullTests : IDisposable
     [Fact]
     public async Task A_full_storage_fails_the_backup_cleanly_and_leaves_nothing()
     {
-        var image = _dir.Combine("fs.img");
-        await SourceDisk.Run("truncate", "-s", "24M", image);
-        await SourceDisk.Run("mkfs.ext4", "-q", "-F", image);
-        _mountpoint = _dir.Combine("mnt");
-        Directory.CreateDirectory(_mountpoint);
-        await SourceDisk.Run("mount", "-o", "loop", image, _mountpoint);
+        var storage = await SmallStorageAsync();
         var socket = _dir.Combine("run", "dirbackupd.sock");
         await using var daemon = await DaemonProcess.StartAsync(socket);
-        var storage = new StorageBuilder(Path.Combine(_mountpoint, "store"), "small");
         var disk = await SourceDisk.CreateAsync(_dir.Combine("vm"), 64L << 20, "snapshot-access:small");
         await disk.WriteAsync("write -P 0x77 0 40M");
 
@@ -318,5 +312,46 @@ public sealed class DiskFullTests : IDisposable
         Assert.Contains("No space left on device", ct.Output["error"]!.GetValue<string>(), StringComparison.Ordinal);
         Assert.Empty(client.Call("list_volumes", Json.Params(storage))!.AsArray());
         Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "300"), ".staging-*"));
+    }
+
+    [Fact]
+    public async Task An_incremental_that_does_not_fit_fails_cleanly_and_keeps_the_record()
+    {
+        var storage = await SmallStorageAsync();
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        var disk = await SourceDisk.CreateAsync(_dir.Combine("vm"), 64L << 20, "snapshot-access:small");
+        await disk.WriteAsync("write -P 0x11 0 4M");
+        await using (var access = await disk.OpenBackupAccessAsync("drive-scsi0"))
+        {
+            var full = await VzdumpVm.RunAsync(socket, storage, 100, "drive-scsi0", 64L << 20, access.SocketPath, disk.Bitmap, 1700000000);
+            Assert.True(full.ExitCode == 0, full.Log);
+        }
+        await disk.CommitBitmapAsync();
+        var record = File.ReadAllBytes(Path.Combine(storage.Root, "100", "incremental.json"));
+        await disk.WriteAsync("write -P 0x22 8M 40M");
+
+        await using (var access = await disk.OpenBackupAccessAsync("drive-scsi0"))
+        {
+            var run = await VzdumpVm.RunAsync(socket, storage, 100, "drive-scsi0", 64L << 20, access.SocketPath, disk.Bitmap, 1700000100);
+            Assert.Equal(1, run.ExitCode);
+            Assert.Contains("No space left on device", run.Output["error"]!.GetValue<string>(), StringComparison.Ordinal);
+        }
+
+        using var client = LineClient.Connect(socket);
+        Assert.Equal(["backup/100/qemu-1700000000"], client.Call("list_volumes", Json.Params(storage))!.AsArray().Select(v => v!["volid"]!.GetValue<string>().Split(':')[1]));
+        Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "100"), ".staging-*"));
+        Assert.Equal(record, File.ReadAllBytes(Path.Combine(storage.Root, "100", "incremental.json")));
+    }
+
+    private async Task<StorageBuilder> SmallStorageAsync()
+    {
+        var image = _dir.Combine("fs.img");
+        await SourceDisk.Run("truncate", "-s", "24M", image);
+        await SourceDisk.Run("mkfs.ext4", "-q", "-F", image);
+        _mountpoint = _dir.Combine("mnt");
+        Directory.CreateDirectory(_mountpoint);
+        await SourceDisk.Run("mount", "-o", "loop", image, _mountpoint);
+        return new StorageBuilder(Path.Combine(_mountpoint, "store"), "small");
     }
 }
