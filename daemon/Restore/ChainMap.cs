@@ -25,10 +25,18 @@ public sealed class ChainMap
         _offsets = ranges.Select(r => r.Offset).ToArray();
         _layers = ranges.Select(r => r.Layer).ToArray();
         DataBytes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] != Zero).Sum(i => End(i) - _starts[i]);
-        var holes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] == Zero).ToList();
+        var holes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] == Zero && End(i) - _starts[i] >= MinimumHole).ToList();
         _holeStarts = holes.Select(i => _starts[i]).ToArray();
         _holeEnds = holes.Select(End).ToArray();
     }
+
+    /// <summary>
+    /// Zero runs shorter than this are reported to lseek as data (reads still return zeroes). qemu-img asks for the
+    /// next data and the next hole through a FUSE round trip each, twice over the disk; a short hole costs it more
+    /// that way than reading the zeroes. Measured on the benchmark chain: 5749 lseeks and 0.54-0.65 s to read it
+    /// with every hole shown, 4021 and 0.46-0.50 s with this, no better with 4 MiB (more zeroes read).
+    /// </summary>
+    public const long MinimumHole = 1 << 20;
 
     private readonly long[] _holeStarts;
     private readonly long[] _holeEnds;

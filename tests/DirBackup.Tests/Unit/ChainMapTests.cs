@@ -92,4 +92,19 @@ public class ChainMapTests
             """json:{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"/proc/1/fd/4","read-only":true},"backing":{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"/proc/1/fd/3","read-only":true},"backing":null}}""",
             options);
     }
+
+    [Fact]
+    public void A_hole_shorter_than_a_mebibyte_is_shown_as_data_and_still_reads_as_zeroes()
+    {
+        var map = Parse("""
+            [{ "start": 0, "length": 1048576, "depth": 0, "data": true, "offset": 0},
+            { "start": 1048576, "length": 524288, "depth": 0, "data": false},
+            { "start": 1572864, "length": 1048576, "depth": 0, "data": true, "offset": 1048576},
+            { "start": 2621440, "length": 5767168, "depth": 0, "data": false}]
+            """, 1)!;
+
+        Assert.Equal(1048576 + 4096, map.NextData(1048576 + 4096));
+        Assert.Equal(2621440, map.NextHole(0));
+        Assert.Equal((ChainMap.Zero, 0L, 524288L), map.Locate(1048576));
+    }
 }
