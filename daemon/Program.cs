@@ -34,8 +34,15 @@ public static class Program
             Description = "debug, info, warn or error",
             DefaultValueFactory = _ => "info",
         };
-        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, runtimeDir, logLevel };
-        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(runtimeDir)!, result.GetValue(logLevel)!));
+        var restoreReads = new Option<string>("--restore-reads")
+        {
+            Description = "how restore exports answer reads: splice (the kernel copies once) or copy (through the daemon's memory)",
+            DefaultValueFactory = _ => "splice",
+            Hidden = true,
+        };
+        restoreReads.AcceptOnlyFromAmong("splice", "copy");
+        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, runtimeDir, logLevel, restoreReads };
+        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(runtimeDir)!, result.GetValue(logLevel)!, result.GetValue(restoreReads) == "splice"));
 
         var version = new Command("version", "Print the daemon and protocol versions");
         version.SetAction(_ => Console.WriteLine($"dirbackupd {Version} (protocol {Catalog.Shared.ProtocolVersion})"));
@@ -44,7 +51,7 @@ public static class Program
         return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
     }
 
-    private static async Task<int> ServeAsync(string socketPath, string runtimeDir, string logLevel)
+    private static async Task<int> ServeAsync(string socketPath, string runtimeDir, string logLevel, bool spliceRestoreReads)
     {
         using var loggers = SyslogConsole.CreateFactory(SyslogConsole.ParseLevel(logLevel));
         var logger = loggers.CreateLogger("dirbackupd");
@@ -60,7 +67,7 @@ public static class Program
 
         var storeSettings = new StoreSettings();
         var backupSettings = new BackupSettings { RuntimeDir = StorageConfig.CheckPath(runtimeDir) };
-        var restores = new RestoreSessions(backupSettings.RuntimeDir);
+        var restores = new RestoreSessions(backupSettings.RuntimeDir, spliceRestoreReads);
         await restores.RemoveLeftoversAsync().ConfigureAwait(false);
         var methods = MethodTable.From(
             new SessionApi(Version, Catalog.Shared.ProtocolVersion),

@@ -10,7 +10,7 @@ public sealed unsafe partial class ChainFileExport
     {
         byte* input = (byte*)NativeMemory.AlignedAlloc((nuint)InBufferSize, 4096);
         byte* output = (byte*)NativeMemory.AlignedAlloc((nuint)(OutHeaderSize + MaxRead), 4096);
-        var pipe = SplicePipe.Create();
+        var pipe = _spliceReads ? SplicePipe.Create() : new SplicePipe();
         try
         {
             while (true)

@@ -25,20 +25,26 @@ public sealed partial class ChainFileExport : IChainExport
     private readonly TaskCompletionSource<string?> _initialized = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly long _time = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
+    private readonly bool _spliceReads;
     private int _running;
 
-    private ChainFileExport(string path, ChainMap map, int[] layerFds, int fuseFd)
+    private ChainFileExport(string path, ChainMap map, int[] layerFds, int fuseFd, bool spliceReads)
     {
         Path = path;
         _map = map;
         _layerFds = layerFds;
         _fuseFd = fuseFd;
+        _spliceReads = spliceReads;
     }
 
     public string Path { get; }
 
-    /// <summary>Null when the chain holds data that only QEMU can read (compressed clusters); nothing is left open then.</summary>
-    public static async Task<ChainFileExport?> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, CancellationToken cancellationToken)
+    /// <summary>
+    /// Null when the chain holds data that only QEMU can read (compressed clusters); nothing is left open then.
+    /// Without <paramref name="spliceReads"/> every read goes through the daemon's memory, the path a reply that does
+    /// not fit a pipe always takes.
+    /// </summary>
+    public static async Task<ChainFileExport?> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, bool spliceReads, CancellationToken cancellationToken)
     {
         var fds = new List<int>();
         try
@@ -53,7 +59,7 @@ public sealed partial class ChainFileExport : IChainExport
             {
                 return null;
             }
-            var export = Mount(mountpoint, map, [.. fds]);
+            var export = Mount(mountpoint, map, [.. fds], spliceReads);
             fds.Clear();
             await export.WaitForInitAsync(cancellationToken).ConfigureAwait(false);
             return export;
@@ -82,7 +88,7 @@ public sealed partial class ChainFileExport : IChainExport
         return fd;
     }
 
-    private static ChainFileExport Mount(string mountpoint, ChainMap map, int[] layerFds)
+    private static ChainFileExport Mount(string mountpoint, ChainMap map, int[] layerFds, bool spliceReads)
     {
         Directory.CreateDirectory(System.IO.Path.GetDirectoryName(mountpoint)!);
         File.WriteAllBytes(mountpoint, []);
@@ -100,7 +106,7 @@ public sealed partial class ChainFileExport : IChainExport
             File.Delete(mountpoint);
             throw DirBackupException.Io($"cannot mount the restore export at '{mountpoint}': {Libc.Describe(errno)}");
         }
-        var export = new ChainFileExport(mountpoint, map, layerFds, fuseFd);
+        var export = new ChainFileExport(mountpoint, map, layerFds, fuseFd, spliceReads);
         export._running = Workers;
         for (int i = 0; i < Workers; i++)
         {

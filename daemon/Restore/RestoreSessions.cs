@@ -7,7 +7,7 @@ namespace DirBackup.Restore;
 /// VM restores in progress, keyed by storage, volume name and device: PVE makes each restore call from a new
 /// provider object, possibly in another process, so nothing lives in a connection.
 /// </summary>
-public sealed class RestoreSessions(string runtimeDir)
+public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
 {
     private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<IChainExport>>> _exports = new();
     private readonly SemaphoreSlim _teardown = new(1, 1);
@@ -40,7 +40,7 @@ public sealed class RestoreSessions(string runtimeDir)
     {
         var layers = await ChainBuilder.BuildAsync(store, volume, device, cancellationToken).ConfigureAwait(false);
         var mountpoint = Path.Combine(ExportDir, $"{volume.VmId}-{volume.BackupDirName}-{device}-{Guid.NewGuid():N}.raw");
-        return (IChainExport?)await ChainFileExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false)
+        return (IChainExport?)await ChainFileExport.StartAsync(layers, mountpoint, spliceReads, cancellationToken).ConfigureAwait(false)
             ?? await QemuChainExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
     }
 

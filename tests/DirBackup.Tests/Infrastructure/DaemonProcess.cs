@@ -35,11 +35,12 @@ public sealed class DaemonProcess : IAsyncDisposable
     public static string DaemonDll => Path.Combine(AppContext.BaseDirectory, "dirbackupd.dll");
 
     /// <summary>Starts <c>dirbackupd serve</c>, optionally behind a launcher such as systemd-socket-activate, and waits until it answers.</summary>
-    public static async Task<DaemonProcess> StartAsync(string socketPath, IEnumerable<string>? launcher = null)
+    public static async Task<DaemonProcess> StartAsync(string socketPath, IEnumerable<string>? launcher = null, IEnumerable<string>? options = null)
     {
         var info = new ProcessStartInfo { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         var runtimeDir = Path.Combine(Path.GetDirectoryName(socketPath)!, "qsd");
         var argv = new List<string>(launcher ?? []) { "dotnet", DaemonDll, "serve", "--socket", socketPath, "--runtime-dir", runtimeDir, "--log-level", "debug" };
+        argv.AddRange(options ?? []);
         info.FileName = argv[0];
         foreach (var arg in argv.Skip(1))
         {
