@@ -23,6 +23,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
     private string StateA => Path.Combine(Vm, "a.qcow2");
     private string StateB => Path.Combine(Vm, "b.qcow2");
     private string Out => Path.Combine(Vm, "out");
+    private string IncrementalStore => Path.Combine(Vm, "store");
     private long _rewrittenBytes;
 
     public async Task RunAsync()
@@ -58,11 +59,20 @@ public sealed class VmBench(string repo, string work, string daemonDll)
         {
             for (int run = 0; run < Runs; run++)
             {
-                Add("dirbackupd (shim + daemon)", await TimeAsync(() => OursAsync(socket, source.Socket, 201 + run, bitmap: run == Runs - 1)));
+                // Into the run's output directory like the others, so every run follows the deletion of the one before.
+                Add("dirbackupd (shim + daemon)", await TimeAsync(() => OursAsync(socket, source.Socket, Path.Combine(Out, "store"), 201 + run, bitmap: false)));
                 Add("qemu-img convert -W -m 8 -t none", await TimeAsync(() => QemuImgConvertAsync(source.Socket)));
                 Add("nbdcopy into qemu-nbd qcow2", await TimeAsync(() => NbdcopyAsync(source.Socket)));
                 Add("seed: Perl loop, 4 MiB blocks", await TimeAsync(() => PerlLoopAsync(source)));
             }
+
+            // The base of the incrementals (untimed): a full backup with a new bitmap, kept outside the output directory.
+            var baseDir = Path.Combine(IncrementalStore, (200 + Runs).ToString(CultureInfo.InvariantCulture));
+            if (Directory.Exists(baseDir))
+            {
+                Directory.Delete(baseDir, recursive: true);
+            }
+            await OursAsync(socket, source.Socket, IncrementalStore, 200 + Runs, bitmap: true);
         }
 
         // The same 2% rewrite backed up three times, each on top of the previous one (the bitmap stays relative to
@@ -73,7 +83,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
         {
             for (int run = 0; run < Runs; run++)
             {
-                incrementals.Add(await TimeAsync(() => OursAsync(socket, source.Socket, 200 + Runs, bitmap: true, time: 1_700_100_000 + run)));
+                incrementals.Add(await TimeAsync(() => OursAsync(socket, source.Socket, IncrementalStore, 200 + Runs, bitmap: true, time: 1_700_100_000 + run)));
                 bytesRead = ReadBytesOfLastBackup(200 + Runs);
             }
         }
@@ -189,13 +199,8 @@ public sealed class VmBench(string repo, string work, string daemonDll)
 
     private Task<double> TimeAsync(Func<Task> run) => Tools.TimeSettledAsync(repo, Out, run);
 
-    private async Task OursAsync(string daemonSocket, string sourceSocket, int vmid, bool bitmap, long time = 1_700_000_000)
+    private async Task OursAsync(string daemonSocket, string sourceSocket, string storage, int vmid, bool bitmap, long time = 1_700_000_000)
     {
-        var storage = Path.Combine(Out, "..", "store");
-        if (time == 1_700_000_000 && Directory.Exists(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture))))
-        {
-            Directory.Delete(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture)), recursive: true);
-        }
         Directory.CreateDirectory(storage);
         var config = Path.Combine(Vm, "vm.conf");
         await File.WriteAllTextAsync(config, "memory: 2048\n#qmdump#map:scsi0:drive-scsi0:local:qcow2:\n");
@@ -216,7 +221,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
 
     private long ReadBytesOfLastBackup(int vmid)
     {
-        var dir = Directory.EnumerateDirectories(Path.Combine(Out, "..", "store", vmid.ToString(CultureInfo.InvariantCulture)), "qemu-*").Order().Last();
+        var dir = Directory.EnumerateDirectories(Path.Combine(IncrementalStore, vmid.ToString(CultureInfo.InvariantCulture)), "qemu-*").Order().Last();
         var manifest = JsonNode.Parse(File.ReadAllText(Path.Combine(dir, "manifest.json")))!;
         return manifest["devices"]![0]!["bytes-read"]!.GetValue<long>();
     }
