@@ -10,7 +10,7 @@ public sealed unsafe partial class ChainFileExport
     {
         byte* input = (byte*)NativeMemory.AlignedAlloc((nuint)InBufferSize, 4096);
         byte* output = (byte*)NativeMemory.AlignedAlloc((nuint)(OutHeaderSize + MaxRead), 4096);
-        var pipe = _spliceReads ? SplicePipe.Create() : new SplicePipe();
+        var pipe = _spliceReads ? SplicePipe.Create() : SplicePipe.None();
         try
         {
             while (true)

@@ -19,6 +19,7 @@ internal sealed unsafe class SplicePipe : IDisposable
 
     private int _read = -1;
     private int _write = -1;
+    private int _capacity;
 
     public bool IsOpen => _write >= 0;
 
@@ -36,13 +37,14 @@ internal sealed unsafe class SplicePipe : IDisposable
         return probe.IsOpen ? probe._capacity : 0;
     }
 
-    private int _capacity;
-
     /// <summary>
     /// A pipe of <see cref="Capacity"/>, or a closed one (the caller then copies). Non-blocking: a reply that does not
     /// fit fails instead of waiting for a reader that is this very thread.
     /// </summary>
     public static SplicePipe Create() => Create(Capacity);
+
+    /// <summary>No pipe: the caller copies every reply.</summary>
+    public static SplicePipe None() => new();
 
     private static SplicePipe Create(int capacity)
     {
