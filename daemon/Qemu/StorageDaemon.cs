@@ -132,7 +132,8 @@ public sealed class StorageDaemon : IAsyncDisposable
             {
                 throw DirBackupException.Io($"{Tool} did not open {SocketPath} within 30 s");
             }
-            await Task.Delay(10, cancellationToken).ConfigureAwait(false);
+            // qemu-storage-daemon listens about 10 ms after it starts; a coarser poll would add most of that again.
+            await Task.Delay(2, cancellationToken).ConfigureAwait(false);
         }
     }
 
