@@ -67,6 +67,8 @@ public sealed class VmBench(string repo, string work, string daemonDll)
             }
 
             // The base of the incrementals (untimed): a full backup with a new bitmap, kept outside the output directory.
+            // The last full-backup run's output goes first, so its discard stalls this backup rather than a timed one.
+            Directory.Delete(Out, recursive: true);
             var baseDir = Path.Combine(IncrementalStore, (200 + Runs).ToString(CultureInfo.InvariantCulture));
             if (Directory.Exists(baseDir))
             {
