@@ -125,10 +125,20 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         {
             throw DirBackupException.InvalidParams($"backup_vm: the backup '{session.Volume}' started by backup_init is not a VM backup waiting for its data");
         }
+        await RunDataCallAsync(session, () => vmBackup.RunAsync(session, args, context), context).ConfigureAwait(false);
+        return null;
+    }
+
+    /// <summary>
+    /// backup_vm and backup_container: the session is busy meanwhile, and a vzdump that went away while the data was
+    /// copied (its connection closed) abandons the backup.
+    /// </summary>
+    private async Task RunDataCallAsync(GuestBackup session, Func<Task> run, CallContext context)
+    {
         session.Running = true;
         try
         {
-            await vmBackup.RunAsync(session, args, context).ConfigureAwait(false);
+            await run().ConfigureAwait(false);
         }
         finally
         {
@@ -138,7 +148,6 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
                 sessions.End(session);
             }
         }
-        return null;
     }
 
     [RpcMethod("backup_cleanup")]
@@ -228,19 +237,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     private async Task<object?> BackupContainer(RpcArgs args, CallContext context)
     {
         var session = ContainerSession(args);
-        session.Running = true;
-        try
-        {
-            await containerBackup.RunAsync(session, args, context).ConfigureAwait(false);
-        }
-        finally
-        {
-            session.Running = false;
-            if (context.Connection.Closed.IsCancellationRequested)
-            {
-                sessions.End(session);
-            }
-        }
+        await RunDataCallAsync(session, () => containerBackup.RunAsync(session, args, context), context).ConfigureAwait(false);
         return null;
     }
 

@@ -69,13 +69,11 @@ internal static unsafe partial class Libc
     public static int FileType(string path)
     {
         byte* buf = stackalloc byte[256];
-        if (lstat(path, buf) != 0)
-        {
-            return -1;
-        }
-        // x86_64 struct stat: st_mode follows st_dev, st_ino and st_nlink (8 bytes each).
-        return *(int*)(buf + 24) & 0xF000;
+        return lstat(path, buf) != 0 ? -1 : TypeBits(buf);
     }
+
+    // x86_64 struct stat: st_mode follows st_dev, st_ino and st_nlink (8 bytes each).
+    private static int TypeBits(byte* stat) => *(int*)(stat + 24) & 0xF000;
 
     public const int O_RDWR = 2;
     public const int O_NOFOLLOW = 0x20000;
@@ -107,7 +105,7 @@ internal static unsafe partial class Libc
     public static int FileType(int fd)
     {
         byte* buf = stackalloc byte[256];
-        return fstat(fd, buf) != 0 ? -1 : *(int*)(buf + 24) & 0xF000;
+        return fstat(fd, buf) != 0 ? -1 : TypeBits(buf);
     }
 
     public const uint SPLICE_F_MOVE = 1;

@@ -139,8 +139,11 @@ public sealed class VmBench(string repo, string work, string daemonDll)
         string[] viaExport = ["-f", "raw", path];
         string[] direct = ["-f", "qcow2", Path.Combine(top, Device + ".qcow2")];
         var target = Path.Combine(Out, "restored.raw");
-        Task IntoFile(string[] source) => Run("qemu-img", ["create", "-q", "-f", "raw", target, Size.ToString(CultureInfo.InvariantCulture)])
-            .ContinueWith(_ => Run("qemu-img", ["convert", "-p", "-n", .. source, "-O", "raw", target]), TaskScheduler.Default).Unwrap();
+        async Task IntoFile(string[] source)
+        {
+            await Run("qemu-img", ["create", "-q", "-f", "raw", target, Size.ToString(CultureInfo.InvariantCulture)]);
+            await Run("qemu-img", ["convert", "-p", "-n", .. source, "-O", "raw", target]);
+        }
         Task IntoNull(string[] source) => Run("qemu-img", ["convert", "-n", .. source, "--target-image-opts", $"driver=null-co,size={Size}"]);
         var times = new List<double>[4];
         for (int i = 0; i < times.Length; i++)

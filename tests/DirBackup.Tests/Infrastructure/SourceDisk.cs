@@ -77,6 +77,14 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
     {
         await ChildProcess.RunAsync(tool, args, CancellationToken.None);
     }
+
+    /// <summary>The ranges a raw file reports as data: qemu-img maps a raw file with SEEK_DATA/SEEK_HOLE.</summary>
+    public static async Task<List<(long Start, long Length)>> DataRangesAsync(string rawFile)
+    {
+        using var map = System.Text.Json.JsonDocument.Parse(await ChildProcess.RunAsync("qemu-img", ["map", "--output=json", "-f", "raw", rawFile], CancellationToken.None));
+        return map.RootElement.EnumerateArray().Where(e => e.GetProperty("data").GetBoolean())
+            .Select(e => (e.GetProperty("start").GetInt64(), e.GetProperty("length").GetInt64())).ToList();
+    }
 }
 
 public sealed class BackupAccess(Process process, string socket, string frozenState, string exportedImage) : IAsyncDisposable
