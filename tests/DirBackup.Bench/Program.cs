@@ -25,7 +25,7 @@ public static class Program
         var daemonDll = Path.Combine(AppContext.BaseDirectory, "dirbackupd.dll");
 
         var which = args.Length > 1 ? args[1] : "all";
-        WarmMemory();
+        Tools.WarmMemory();
         if (which is "all" or "vm")
         {
             await new VmBench(repo, work, daemonDll).RunAsync();
@@ -128,17 +128,6 @@ public static class Program
     {
         Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
         await process.WaitForExitAsync();
-    }
-
-    /// <summary>First-touch memory is slow on these machines (MACHINE-NOTES.md); touch some before timing.</summary>
-    private static void WarmMemory()
-    {
-        var block = new byte[512 << 20];
-        for (int i = 0; i < block.Length; i += 4096)
-        {
-            block[i] = 1;
-        }
-        GC.KeepAlive(block);
     }
 
     /// <summary>10,000 committed backups shaped like real ones: manifest, guest config, a disk image file and a log.</summary>
