@@ -1,3 +1,4 @@
+using System.Diagnostics;
 using System.Globalization;
 using System.Text.Json;
 using System.Text.RegularExpressions;
@@ -193,9 +194,12 @@ public sealed partial class VmBackup(BackupSettings settings)
         // The walk over the source and the target's set-up are independent: overlap them.
         var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
         StorageDaemon target;
+        long started = Stopwatch.GetTimestamp();
+        TimeSpan created;
         try
         {
             await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
+            created = Stopwatch.GetElapsedTime(started);
             target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, scatteredWrites: parent is not null, cancellationToken).ConfigureAwait(false);
         }
         catch
@@ -204,6 +208,8 @@ public sealed partial class VmBackup(BackupSettings settings)
             throw;
         }
 
+        var served = Stopwatch.GetElapsedTime(started);
+        TimeSpan copied, stopped;
         var stats = new CopyStats();
         byte[] digests;
         await using (target.ConfigureAwait(false))
@@ -225,13 +231,18 @@ public sealed partial class VmBackup(BackupSettings settings)
                     Limiter = limiter,
                     Workers = settings.CopyWorkers,
                 }, stats, message => _ = context.WarnAsync(message), cancellationToken).ConfigureAwait(false);
+                copied = Stopwatch.GetElapsedTime(started);
                 await context.InfoAsync(progress.Line()).ConfigureAwait(false);
                 await target.StopAsync().ConfigureAwait(false);
+                stopped = Stopwatch.GetElapsedTime(started);
                 await LogSummaryAsync(context, device, stats, progress.Elapsed).ConfigureAwait(false);
             }
         }
         SyncFile(image);
         AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
+        var synced = Stopwatch.GetElapsedTime(started);
+        BackupLog.DevicePhases(context.Logger, device.Name, created.TotalMilliseconds, (served - created).TotalMilliseconds,
+            (copied - served).TotalMilliseconds, (stopped - copied).TotalMilliseconds, (synced - stopped).TotalMilliseconds);
         return new ManifestDevice
         {
             Name = device.Name,

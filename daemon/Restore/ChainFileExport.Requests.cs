@@ -146,8 +146,10 @@ public sealed unsafe partial class ChainFileExport
         output->Minor = Math.Min(init->Minor, FuseAbi.ReplyMinor);
         output->MaxReadahead = init->MaxReadahead;
         output->Flags = init->Flags & (FuseAbi.AsyncRead | FuseAbi.AsyncDirectIo | FuseAbi.MaxPagesFlag);
-        output->MaxBackground = 16;
-        output->CongestionThreshold = 12;
+        // Direct reads go out as background requests (async DIO), one per MaxRead piece: qemu-img's 8 reads of
+        // 2 MiB are 32 pieces, and past this limit the kernel makes readers wait for a slot.
+        output->MaxBackground = 64;
+        output->CongestionThreshold = 48;
         output->MaxWrite = 4096;
         output->TimeGranularity = 1;
         output->MaxPages = (ushort)(MaxRead / 4096);

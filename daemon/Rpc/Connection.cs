@@ -33,6 +33,9 @@ public sealed class Connection
 
     public PeerCredentials Peer { get; }
 
+    /// <summary>The daemon's own log (not the task log): for detail an administrator reads when something is slow or odd.</summary>
+    public ILogger Logger => _logger;
+
     private readonly CancellationTokenSource _closed = new();
 
     /// <summary>Cancelled when the client goes away: state a vzdump process left behind is abandoned then.</summary>

@@ -1,0 +1,9 @@
+using Microsoft.Extensions.Logging;
+
+namespace DirBackup.Backup;
+
+internal static partial class BackupLog
+{
+    [LoggerMessage(Level = LogLevel.Debug, Message = "{Device}: image created in {CreateMs:0} ms, target served after {ServeMs:0} ms, copied in {CopyMs:0} ms, target stopped in {StopMs:0} ms, image synced in {SyncMs:0} ms")]
+    public static partial void DevicePhases(ILogger logger, string device, double createMs, double serveMs, double copyMs, double stopMs, double syncMs);
+}
