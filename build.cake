@@ -80,7 +80,8 @@ Task("Package")
     var version = XmlPeek("daemon/DirBackup.Daemon.csproj", "/Project/PropertyGroup/Version");
     var pkg = buildDir.Combine("pkg");
     CleanDirectory(pkg);
-    MustRun("dotnet", $"publish daemon -c {configuration} -r linux-x64 --self-contained -o {pkg.Combine("usr/lib/pve-dirbackup").FullPath}");
+    // Precompiled (ReadyToRun): the daemon runs without tiered compilation, and this keeps its start-up where tiering had it.
+    MustRun("dotnet", $"publish daemon -c {configuration} -r linux-x64 --self-contained -p:PublishReadyToRun=true -o {pkg.Combine("usr/lib/pve-dirbackup").FullPath}");
     CopyDirectory("perl-shim", pkg.Combine("usr/share/perl5"));
     EnsureDirectoryExists(pkg.Combine("lib/systemd/system"));
     CopyFiles(new[] { "debian/dirbackupd.service", "debian/dirbackupd.socket" }.Select(f => new FilePath(f)), pkg.Combine("lib/systemd/system"));
