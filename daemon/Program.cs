@@ -65,15 +65,26 @@ public static class Program
         using var term = PosixSignalRegistration.Create(PosixSignal.SIGTERM, Stop);
         using var interrupt = PosixSignalRegistration.Create(PosixSignal.SIGINT, Stop);
 
+        string checkedSocket, checkedRuntimeDir;
+        try
+        {
+            checkedSocket = StorageConfig.CheckPath(socketPath, "--socket");
+            checkedRuntimeDir = StorageConfig.CheckPath(runtimeDir, "--runtime-dir");
+        }
+        catch (DirBackupException e)
+        {
+            await Console.Error.WriteLineAsync("dirbackupd: " + e.Message).ConfigureAwait(false);
+            return 2;
+        }
         var storeSettings = new StoreSettings();
-        var backupSettings = new BackupSettings { RuntimeDir = StorageConfig.CheckPath(runtimeDir) };
+        var backupSettings = new BackupSettings { RuntimeDir = checkedRuntimeDir };
         var restores = new RestoreSessions(backupSettings.RuntimeDir, spliceRestoreReads);
         await restores.RemoveLeftoversAsync().ConfigureAwait(false);
         var methods = MethodTable.From(
             new SessionApi(Version, Catalog.Shared.ProtocolVersion),
             new StorageApi(storeSettings),
             new ProviderApi(storeSettings, backupSettings, new BackupSessions(), restores));
-        var server = new RpcServer(new ServerSettings { SocketPath = StorageConfig.CheckPath(socketPath) }, methods, Catalog.Shared, loggers);
+        var server = new RpcServer(new ServerSettings { SocketPath = checkedSocket }, methods, Catalog.Shared, loggers);
         try
         {
             await server.RunAsync(stopping.Token).ConfigureAwait(false);

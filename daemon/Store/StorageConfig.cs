@@ -23,17 +23,17 @@ public sealed record StorageConfig(string StoreId, string Path)
     }
 
     /// <summary>An absolute, normalised path without control characters: the storage root everything else lives under.</summary>
-    public static string CheckPath(string path)
+    public static string CheckPath(string path, string what = "storage path")
     {
         if (path.Length == 0 || path[0] != '/' || path.Any(char.IsControl) || path.Length > 4096)
         {
-            throw DirBackupException.InvalidParams($"storage path '{path}' is not an absolute path");
+            throw DirBackupException.InvalidParams($"{what} '{path}' is not an absolute path");
         }
         foreach (var part in path.Split('/'))
         {
             if (part is "." or "..")
             {
-                throw DirBackupException.InvalidParams($"storage path '{path}' contains '.' or '..'");
+                throw DirBackupException.InvalidParams($"{what} '{path}' contains '.' or '..'");
             }
         }
         return path.Length > 1 ? path.TrimEnd('/') : path;

@@ -125,4 +125,24 @@ public sealed class LifecycleTests : IDisposable
         Assert.NotEmpty(lines);
         Assert.All(lines, line => Assert.Matches("^<[2-7]>dirbackupd: ", line));
     }
+
+    [Theory]
+    [InlineData("--runtime-dir", "relative/run", "dirbackupd: --runtime-dir 'relative/run' is not an absolute path")]
+    [InlineData("--socket", "run/../dirbackupd.sock", "dirbackupd: --socket 'run/../dirbackupd.sock' is not an absolute path")]
+    [InlineData("--runtime-dir", "/run/../tmp", "dirbackupd: --runtime-dir '/run/../tmp' contains '.' or '..'")]
+    public async Task A_bad_path_option_stops_the_daemon_with_one_line_naming_it(string option, string value, string expected)
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        var args = new List<string> { "exec", DaemonProcess.DaemonDll, "serve", "--socket", socket, "--runtime-dir", _dir.Combine("qsd") };
+        args[args.IndexOf(option) + 1] = value;
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet", args) { RedirectStandardOutput = true, RedirectStandardError = true };
+        using var daemon = System.Diagnostics.Process.Start(start)!;
+        var stdout = daemon.StandardOutput.ReadToEndAsync();
+        var stderr = await daemon.StandardError.ReadToEndAsync();
+        await daemon.WaitForExitAsync();
+        Assert.Equal(2, daemon.ExitCode);
+        Assert.Equal(expected, stderr.TrimEnd('\n'));
+        Assert.Equal("", await stdout);
+        Assert.False(File.Exists(socket));
+    }
 }
