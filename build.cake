@@ -61,7 +61,10 @@ Task("Bench")
     .IsDependentOn("Build")
     .Does(() =>
 {
-    MustRun("dotnet", $"run --project tests/DirBackup.Bench -c {configuration} --no-build -- {root.FullPath}");
+    // The benchmarks run the daemon as the package ships it: self-contained and precompiled.
+    var daemon = buildDir.Combine("bench-daemon");
+    MustRun("dotnet", $"publish daemon -c {configuration} -r linux-x64 --self-contained -p:PublishReadyToRun=true -o {daemon.FullPath}");
+    MustRun("dotnet", $"run --project tests/DirBackup.Bench -c {configuration} --no-build -- {root.FullPath} all {daemon.CombineWithFilePath("dirbackupd").FullPath}");
 });
 
 Task("Run")

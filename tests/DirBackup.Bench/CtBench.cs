@@ -8,7 +8,7 @@ namespace DirBackup.Bench;
 /// Container backup of a 2 GiB tree in 20,000 files through shim and daemon (user namespace, nsenter, tar)
 /// against plain tar of the same tree into a file on the same filesystem, in the same run.
 /// </summary>
-public sealed class CtBench(string repo, string work, string daemonDll)
+public sealed class CtBench(string repo, string work, DaemonCommand daemonCommand)
 {
     private const int Dirs = 200;
     private const int FilesPerDir = 100;
@@ -23,7 +23,7 @@ public sealed class CtBench(string repo, string work, string daemonDll)
     {
         await PrepareAsync();
         var socket = Path.Combine(work, "run", "ct-bench.sock");
-        using var daemon = Process.Start(new ProcessStartInfo("dotnet", ["exec", daemonDll, "serve", "--socket", socket, "--runtime-dir", Path.Combine(work, "run", "qsd-ct"), "--log-level", "warn"]))!;
+        using var daemon = Process.Start(daemonCommand.Serve(socket, Path.Combine(work, "run", "qsd-ct")))!;
         try
         {
             for (int i = 0; i < 500 && !File.Exists(socket); i++)

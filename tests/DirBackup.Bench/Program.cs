@@ -22,17 +22,20 @@ public static class Program
         var work = Path.Combine(repo, ".build", "bench");
         var store = Path.Combine(work, "store");
         var socket = Path.Combine(work, "run", "dirbackupd.sock");
-        var daemonDll = Path.Combine(AppContext.BaseDirectory, "dirbackupd.dll");
+        var daemon = args.Length > 2
+            ? DaemonCommand.Published(Path.GetFullPath(args[2]))
+            : DaemonCommand.Built(Path.Combine(AppContext.BaseDirectory, "dirbackupd.dll"));
+        Console.WriteLine("daemon: " + daemon.Description);
 
         var which = args.Length > 1 ? args[1] : "all";
         Tools.WarmMemory();
         if (which is "all" or "vm")
         {
-            await new VmBench(repo, work, daemonDll).RunAsync();
+            await new VmBench(repo, work, daemon).RunAsync();
         }
         if (which is "all" or "ct")
         {
-            await new CtBench(repo, work, daemonDll).RunAsync();
+            await new CtBench(repo, work, daemon).RunAsync();
         }
         if (which is not ("all" or "spine"))
         {
@@ -44,7 +47,7 @@ public static class Program
         var startups = new List<double>();
         for (int i = 0; i < 5; i++)
         {
-            var (ms, process) = await StartDaemonAsync(daemonDll, socket);
+            var (ms, process) = await StartDaemonAsync(daemon, socket);
             startups.Add(ms);
             if (i < 4)
             {
@@ -101,10 +104,12 @@ public static class Program
         return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
     }
 
-    private static async Task<(double Milliseconds, Process Process)> StartDaemonAsync(string dll, string socket)
+    private static async Task<(double Milliseconds, Process Process)> StartDaemonAsync(DaemonCommand daemon, string socket)
     {
         var watch = Stopwatch.StartNew();
-        var process = Process.Start(new ProcessStartInfo("dotnet", ["exec", dll, "serve", "--socket", socket, "--log-level", "warn"]) { RedirectStandardOutput = true })!;
+        var start = daemon.Serve(socket, runtimeDir: null);
+        start.RedirectStandardOutput = true;
+        var process = Process.Start(start)!;
         while (true)
         {
             try

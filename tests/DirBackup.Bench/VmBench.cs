@@ -10,7 +10,7 @@ namespace DirBackup.Bench;
 /// written, then 2% scattered rewrites recorded in a dirty bitmap. Every contender reads the same NBD export
 /// (qemu-storage-daemon, read-only, so nobody trims it) and writes a durable qcow2 on the same filesystem.
 /// </summary>
-public sealed class VmBench(string repo, string work, string daemonDll)
+public sealed class VmBench(string repo, string work, DaemonCommand daemonCommand)
 {
     private const long Size = 4L << 30;
     private const int Region = 4 << 20;
@@ -370,7 +370,7 @@ public sealed class VmBench(string repo, string work, string daemonDll)
     }
 
     private Process StartDaemon(string socket) =>
-        Process.Start(new ProcessStartInfo("dotnet", ["exec", daemonDll, "serve", "--socket", socket, "--runtime-dir", Path.Combine(work, "run", "qsd"), "--log-level", "warn"]))!;
+        Process.Start(daemonCommand.Serve(socket, Path.Combine(work, "run", "qsd")))!;
 
     private static long PeakRssKiB(int pid)
     {
