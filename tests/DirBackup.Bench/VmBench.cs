@@ -57,7 +57,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
 
         await using (var source = await ExportAsync(StateA, bitmap: false))
         {
-            // Untimed: the daemon's first backup compiles its code (the package is precompiled; this build is not).
+            // Untimed: the daemon's first backup loads its code (and compiles it, when the benchmark runs the project's
+            // build instead of the precompiled one); a daemon on PVE did that long before.
             await OursAsync(socket, source.Socket, Path.Combine(Out, "store"), 200, bitmap: false);
             // Every run follows the deletion of the one before (ours writes into the output directory like the others).
             // The Perl loop's runs come last: its output is a fully allocated 4 GiB image, and whoever followed its
