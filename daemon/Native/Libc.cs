@@ -44,6 +44,9 @@ internal static unsafe partial class Libc
     public const int EACCES = 13;
     public const int EINTR = 4;
 
+    /// <summary>A call returned -1 because a signal arrived first: make it again.</summary>
+    public static bool Interrupted(nint result) => result < 0 && Marshal.GetLastPInvokeError() == EINTR;
+
     [LibraryImport(Lib, EntryPoint = "statvfs", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int statvfs(string path, out StatVfs buf);
 

@@ -68,8 +68,7 @@ public sealed unsafe partial class ChainFileExport
     /// </summary>
     private bool SpliceRead(SplicePipe pipe, ulong unique, FuseAbi.ReadIn* read, byte* scratch)
     {
-        long position = (long)read->Offset;
-        long end = Math.Min(_map.Size, position + Math.Min(read->Size, MaxRead));
+        var (position, end) = ReadRange(read);
         var header = new FuseAbi.OutHeader { Unique = unique, Length = (uint)(OutHeaderSize + Math.Max(0, end - position)) };
         bool complete = Libc.write(pipe.Write, &header, OutHeaderSize) == OutHeaderSize;
         while (complete && position < end)
@@ -185,10 +184,16 @@ public sealed unsafe partial class ChainFileExport
         return sizeof(FuseAbi.OpenOut);
     }
 
-    private int Read(FuseAbi.ReadIn* read, byte* reply, FuseAbi.OutHeader* header)
+    /// <summary>What a read asks for, clipped to the disk and to the reply size the kernel was promised.</summary>
+    private (long Position, long End) ReadRange(FuseAbi.ReadIn* read)
     {
         long position = (long)read->Offset;
-        long end = Math.Min(_map.Size, position + Math.Min(read->Size, MaxRead));
+        return (position, Math.Min(_map.Size, position + Math.Min(read->Size, MaxRead)));
+    }
+
+    private int Read(FuseAbi.ReadIn* read, byte* reply, FuseAbi.OutHeader* header)
+    {
+        var (position, end) = ReadRange(read);
         int done = 0;
         while (position < end)
         {
@@ -205,7 +210,7 @@ public sealed unsafe partial class ChainFileExport
                     nint n = Libc.pread(_layerFds[layer], reply + done + filled, (nuint)(count - filled), fileOffset + filled);
                     if (n <= 0)
                     {
-                        if (n < 0 && Marshal.GetLastPInvokeError() == Libc.EINTR)
+                        if (Libc.Interrupted(n))
                         {
                             continue;
                         }

@@ -78,7 +78,7 @@ internal sealed unsafe class SplicePipe : IDisposable
             nint n = Libc.vmsplice(_write, &iov, 1, Libc.SPLICE_F_NONBLOCK);
             if (n <= 0)
             {
-                if (n < 0 && Marshal.GetLastPInvokeError() == Libc.EINTR)
+                if (Libc.Interrupted(n))
                 {
                     continue;
                 }
@@ -96,7 +96,7 @@ internal sealed unsafe class SplicePipe : IDisposable
             nint n = Libc.splice(fd, &offset, _write, null, (nuint)count, Libc.SPLICE_F_MOVE | Libc.SPLICE_F_NONBLOCK);
             if (n <= 0)
             {
-                if (n < 0 && Marshal.GetLastPInvokeError() == Libc.EINTR)
+                if (Libc.Interrupted(n))
                 {
                     continue;
                 }
