@@ -85,6 +85,9 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         // The chain is what the manifests and image headers say, and the listing shows all three.
         var third = store.ReadManifest(VolumeName.Parse("backup/100/qemu-1700000200"));
         Assert.Equal("qemu-1700000100", third.Devices.Single().Parent);
+        var header = JsonNode.Parse(await ChildProcess.RunAsync("qemu-img", ["info", "--output=json", "-f", "qcow2", Path.Combine(storage.Root, "100", "qemu-1700000200", Device + ".qcow2")], CancellationToken.None))!;
+        Assert.Equal("../qemu-1700000100/" + Device + ".qcow2", header["backing-filename"]!.GetValue<string>());
+        Assert.Equal("qcow2", header["backing-filename-format"]!.GetValue<string>());
         using var client = daemon.Connect();
         var list = client.Call("list_volumes", Json.Params(storage, ("vmid", 100)))!.AsArray();
         Assert.Equal(["e2e:backup/100/qemu-1700000000", "e2e:backup/100/qemu-1700000100", "e2e:backup/100/qemu-1700000200"], list.Select(v => v!["volid"]!.GetValue<string>()));
