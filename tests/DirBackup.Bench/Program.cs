@@ -28,6 +28,7 @@ public static class Program
         Console.WriteLine("daemon: " + daemon.Description);
 
         var which = args.Length > 1 ? args[1] : "all";
+        using var reporting = Tools.HoldFreePageReporting();
         Tools.WarmMemory();
         if (which is "all" or "vm")
         {
