@@ -1,5 +1,6 @@
 using System.Text.Json.Nodes;
 using DirBackup.Errors;
+using DirBackup.Qemu;
 using DirBackup.Store;
 using DirBackup.Tests.Infrastructure;
 using Xunit;
@@ -265,12 +266,21 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     }
 }
 
-/// <summary>The storage filling up in the middle of a copy, on a small loop-mounted filesystem.</summary>
-[Trait("speed", "slow")]
-public sealed class DiskFullTests : IDisposable
+/// <summary>A storage on a filesystem of its own, mounted for the test and lazily unmounted after it.</summary>
+public abstract class MountedStorageTests(string name) : IDisposable
 {
-    private readonly TempDir _dir = new("dirbackup-full");
     private string? _mountpoint;
+
+    protected TempDir Dir { get; } = new(name);
+
+    /// <summary>Runs mount with <paramref name="source"/> at a fresh mount point; the storage lives inside it.</summary>
+    protected async Task<StorageBuilder> MountStorageAsync(string storeId, params string[] source)
+    {
+        _mountpoint = Dir.Combine("mnt");
+        Directory.CreateDirectory(_mountpoint);
+        await SourceDisk.Run("mount", [.. source, _mountpoint]);
+        return new StorageBuilder(Path.Combine(_mountpoint, "store"), storeId);
+    }
 
     public void Dispose()
     {
@@ -278,16 +288,23 @@ public sealed class DiskFullTests : IDisposable
         {
             System.Diagnostics.Process.Start("umount", ["-l", _mountpoint])!.WaitForExit();
         }
-        _dir.Dispose();
+        Dir.Dispose();
+        GC.SuppressFinalize(this);
     }
+}
+
+/// <summary>The storage filling up in the middle of a copy, on a small loop-mounted filesystem.</summary>
+[Trait("speed", "slow")]
+public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
+{
 
     [Fact]
     public async Task A_full_storage_fails_the_backup_cleanly_and_leaves_nothing()
     {
         var storage = await SmallStorageAsync();
-        var socket = _dir.Combine("run", "dirbackupd.sock");
+        var socket = Dir.Combine("run", "dirbackupd.sock");
         await using var daemon = await DaemonProcess.StartAsync(socket);
-        var disk = await SourceDisk.CreateAsync(_dir.Combine("vm"), 64L << 20, "snapshot-access:small");
+        var disk = await SourceDisk.CreateAsync(Dir.Combine("vm"), 64L << 20, "snapshot-access:small");
         await disk.WriteAsync("write -P 0x77 0 40M");
 
         await using (var access = await disk.OpenBackupAccessAsync("drive-scsi0"))
@@ -303,9 +320,9 @@ public sealed class DiskFullTests : IDisposable
         Assert.False(File.Exists(Path.Combine(storage.Root, "100", "incremental.json")));
 
         // The same for a container whose archive does not fit.
-        var tree = _dir.Combine("ct", "tree");
+        var tree = Dir.Combine("ct", "tree");
         await ContainerTree.CreateAsync(tree);
-        await SourceDisk.Run("sh", "-c", $"head -c 40M /dev/urandom > '{tree}/big' && chown 100000:100000 '{tree}/big' && chmod o+x '{_dir.Path}' '{_dir.Combine("ct")}'");
+        await SourceDisk.Run("sh", "-c", $"head -c 40M /dev/urandom > '{tree}/big' && chown 100000:100000 '{tree}/big' && chmod o+x '{Dir.Path}' '{Dir.Combine("ct")}'");
         Directory.CreateDirectory(storage.Root + "-ct");
         var ct = await VzdumpVm.ContainerAsync(socket, storage, 300, tree, 1700000000, []);
         Assert.Equal(1, ct.ExitCode);
@@ -318,9 +335,9 @@ public sealed class DiskFullTests : IDisposable
     public async Task An_incremental_that_does_not_fit_fails_cleanly_and_keeps_the_record()
     {
         var storage = await SmallStorageAsync();
-        var socket = _dir.Combine("run", "dirbackupd.sock");
+        var socket = Dir.Combine("run", "dirbackupd.sock");
         await using var daemon = await DaemonProcess.StartAsync(socket);
-        var disk = await SourceDisk.CreateAsync(_dir.Combine("vm"), 64L << 20, "snapshot-access:small");
+        var disk = await SourceDisk.CreateAsync(Dir.Combine("vm"), 64L << 20, "snapshot-access:small");
         await disk.WriteAsync("write -P 0x11 0 4M");
         await using (var access = await disk.OpenBackupAccessAsync("drive-scsi0"))
         {
@@ -346,12 +363,29 @@ public sealed class DiskFullTests : IDisposable
 
     private async Task<StorageBuilder> SmallStorageAsync()
     {
-        var image = _dir.Combine("fs.img");
+        var image = Dir.Combine("fs.img");
         await SourceDisk.Run("truncate", "-s", "24M", image);
         await SourceDisk.Run("mkfs.ext4", "-q", "-F", image);
-        _mountpoint = _dir.Combine("mnt");
-        Directory.CreateDirectory(_mountpoint);
-        await SourceDisk.Run("mount", "-o", "loop", image, _mountpoint);
-        return new StorageBuilder(Path.Combine(_mountpoint, "store"), "small");
+        return await MountStorageAsync("small", "-o", "loop", image);
+    }
+}
+
+/// <summary>A storage on ramfs, which refuses O_DIRECT: the target falls back to the page cache and the backup still equals the disk.</summary>
+[Trait("speed", "slow")]
+public sealed class NoDirectIoStorageTests() : MountedStorageTests("dirbackup-ramfs")
+{
+    [Fact]
+    public async Task A_storage_without_direct_io_takes_a_full_backup_equal_to_the_disk()
+    {
+        var storage = await MountStorageAsync("ram", "-t", "ramfs", "ramfs");
+        var socket = Dir.Combine("run", "dirbackupd.sock");
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        var disk = await SourceDisk.CreateAsync(Dir.Combine("vm"), 64L << 20, "snapshot-access:ram");
+        await disk.WriteAsync("write -P 0x5a 0 8M", "write -P 0xa5 32M 1M");
+
+        await using var access = await disk.OpenBackupAccessAsync("drive-scsi0");
+        var run = await VzdumpVm.RunAsync(socket, storage, 100, "drive-scsi0", 64L << 20, access.SocketPath, disk.Bitmap, 1700000000);
+        Assert.True(run.ExitCode == 0, run.Log);
+        await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "qcow2", access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000", "drive-scsi0.qcow2")], CancellationToken.None);
     }
 }
