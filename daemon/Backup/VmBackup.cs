@@ -191,27 +191,20 @@ public sealed partial class VmBackup(BackupSettings settings)
             ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
             : $"{device.Name}: incremental backup of {Units.Bytes(device.Size)} on top of {parent}").ConfigureAwait(false);
         var dirtyBitmap = parent is null ? null : device.BitmapName;
-        // The walk over the source, the image's creation and the target's start are independent: overlap them.
+        // The walk over the source and the target's set-up are independent: overlap them.
         var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
+        StorageDaemon target;
         long started = Stopwatch.GetTimestamp();
-        var starting = StorageDaemon.StartAsync(settings.RuntimeDir, cancellationToken);
-        StorageDaemon? target = null;
         TimeSpan created;
         try
         {
             await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
             created = Stopwatch.GetElapsedTime(started);
-            target = await starting.ConfigureAwait(false);
-            await target.ServeQcow2Async(image, scatteredWrites: parent is not null, cancellationToken).ConfigureAwait(false);
+            target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, scatteredWrites: parent is not null, cancellationToken).ConfigureAwait(false);
         }
         catch
         {
             await plan.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
-            var orphan = target ?? await starting.ContinueWith(t => t.IsCompletedSuccessfully ? t.Result : null, TaskScheduler.Default).ConfigureAwait(false);
-            if (orphan is not null)
-            {
-                await orphan.DisposeAsync().ConfigureAwait(false);
-            }
             throw;
         }
 
