@@ -58,9 +58,11 @@ public static class Tools
     /// <summary>
     /// Keeps the guest kernel from handing freed memory back to the hypervisor while the benchmarks run, where its
     /// free page reporting has that knob (this machine's kernel; a PVE host on bare metal reports nothing), and puts
-    /// the old value back when disposed. With pages reported as soon as they are free, every warm-up gave 4 GiB back
-    /// a moment later, during the timed run: the same incremental backup took 0.19-0.22 s or 0.35-0.75 s depending
-    /// on whether the report of that memory overlapped it; with reporting held off, 0.20-0.24 s in 12 of 12 runs.
+    /// the old value back when disposed. With pages reported as soon as they are free, the 4 GiB each warm-up touched
+    /// are handed back a moment later, during the timed run. Interleaved incrementals (two daemons taking turns):
+    /// with warm-ups and reporting as it is, 0.19-0.75 s, in two modes; without warm-ups, 0.18-0.22 s in 12 of 12;
+    /// with warm-ups and reporting held off, 0.20-0.24 s in 9 of 12 in one series and two modes again (0.19-0.48 s)
+    /// in another. So this removes one cause of the slow phases, not all of them.
     /// </summary>
     public static IDisposable HoldFreePageReporting()
     {
