@@ -99,8 +99,14 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         var store = Open(args);
         var vmid = args.VmId();
         var volumes = args.Element("volumes");
+        var session = sessions.Find(store, vmid);
+        session?.WhyFull.Clear();
         if (VmMode(args) == "full")
         {
+            foreach (var device in volumes.EnumerateObject())
+            {
+                session?.WhyFull.TryAdd(VmBackup.CheckDeviceName(device.Name), "the storage takes full backups only (dirbackup-vm-mode full)");
+            }
             return Task.FromResult<object?>(null);
         }
         var record = IncrementalRecord.Read(store, vmid);
@@ -109,7 +115,12 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         {
             var name = VmBackup.CheckDeviceName(device.Name);
             long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && VmBackup.PositiveInteger(s) is long n ? n : -1;
-            answer[name] = record.UsableParent(store, vmid, name, size) is null ? "new" : "use";
+            var choice = record.Choose(store, vmid, name, size);
+            answer[name] = choice.Parent is null ? "new" : "use";
+            if (choice.WhyFull is not null)
+            {
+                session?.WhyFull.TryAdd(name, choice.WhyFull);
+            }
         }
         return Task.FromResult<object?>(answer);
     }

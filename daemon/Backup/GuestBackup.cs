@@ -19,6 +19,9 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     public bool Running { get; set; }
     public bool Finished { get; private set; }
 
+    /// <summary>Why backup_vm_query_incremental answered "new" for a device, told in the task log when it is copied.</summary>
+    public Dictionary<string, string> WhyFull { get; } = new(StringComparer.Ordinal);
+
     /// <summary>The process that called backup_container_prepare: the container child must descend from it.</summary>
     public int? PreparedBy { get; set; }
 

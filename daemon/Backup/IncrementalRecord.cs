@@ -42,34 +42,48 @@ public sealed class IncrementalRecord
     /// The parent a device's bitmap is relative to, if it still exists with the same size; otherwise null, and
     /// the next backup of that device must be full.
     /// </summary>
-    public string? UsableParent(BackupStore store, int vmid, string device, long size)
+    public string? UsableParent(BackupStore store, int vmid, string device, long size) => Choose(store, vmid, device, size).Parent;
+
+    /// <summary>The parent a device's bitmap is relative to, or why there is none (for the task log of the full backup).</summary>
+    public ParentChoice Choose(BackupStore store, int vmid, string device, long size)
     {
-        if (!Devices.TryGetValue(device, out var entry) || entry.Size != size)
+        if (!Devices.TryGetValue(device, out var entry))
         {
-            return null;
+            return ParentChoice.Full("no earlier backup of this disk on this storage");
         }
-        var volume = VolumeName.FromDirectory(vmid, entry.Backup);
-        if (volume is not VolumeName parent)
+        if (entry.Size != size)
         {
-            return null;
+            return ParentChoice.Full($"the disk was resized since {entry.Backup} ({Units.Bytes(entry.Size)} then, {Units.Bytes(size)} now)");
+        }
+        if (VolumeName.FromDirectory(vmid, entry.Backup) is not VolumeName parent)
+        {
+            return ParentChoice.Full($"the record of incremental backups ({FileName}) is damaged");
         }
         try
         {
             var manifest = store.ReadManifest(parent);
             if (!manifest.Devices.Any(d => d.Name == device && d.Size == size))
             {
-                return null;
+                return ParentChoice.Full($"{entry.Backup}, which QEMU's bitmap is relative to, has no such disk");
             }
         }
         catch (DirBackupException)
         {
-            return null;
+            return ParentChoice.Full($"{entry.Backup}, which QEMU's bitmap is relative to, is gone");
         }
         // QEMU's bitmap is relative to the newest committed backup of the device. A newer one than the record
         // names means the record missed its update (it is written just after the commit): only a full backup is safe.
         bool newerExists = store.ListBackups(vmid).Any(b => b.Volume.BackupTime > parent.BackupTime && b.Manifest.Devices.Any(d => d.Name == device));
-        return newerExists ? null : entry.Backup;
+        return newerExists
+            ? ParentChoice.Full($"a backup newer than {entry.Backup}, which QEMU's bitmap is relative to, exists (the clock was set back, or a backup's record was lost)")
+            : new ParentChoice(entry.Backup, null);
     }
+}
+
+/// <summary>A device's parent for an incremental backup, or why its backup must be full.</summary>
+public readonly record struct ParentChoice(string? Parent, string? WhyFull)
+{
+    public static ParentChoice Full(string why) => new(null, why);
 }
 
 public sealed class IncrementalDevice

@@ -177,8 +177,9 @@ public sealed partial class VmBackup(BackupSettings settings)
         {
             return null;
         }
-        return record.UsableParent(store, vmid, device.Name, device.Size)
-            ?? throw DirBackupException.Io($"device '{device.Name}': QEMU's bitmap is relative to a backup this storage no longer has (or the disk was resized); the next backup of this guest will be full");
+        var choice = record.Choose(store, vmid, device.Name, device.Size);
+        return choice.Parent
+            ?? throw DirBackupException.Io($"device '{device.Name}': QEMU's bitmap cannot be used: {choice.WhyFull}; the next backup of this guest will be full");
     }
 
     private async Task<ManifestDevice> CopyDeviceAsync(GuestBackup session, VmDevice device, string? parent, BandwidthLimiter? limiter, CallContext context)
@@ -189,6 +190,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         byte[]? parentDigests = parent is null ? null : TryRead(Path.Combine(session.Store.GuestDir(session.Volume.VmId), parent, device.DigestFile));
         await context.InfoAsync(parent is null
             ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
+                + (session.WhyFull.TryGetValue(device.Name, out var why) ? ": " + why : "")
             : $"{device.Name}: incremental backup of {Units.Bytes(device.Size)} on top of {parent}").ConfigureAwait(false);
         var dirtyBitmap = parent is null ? null : device.BitmapName;
         // The walk over the source and the target's set-up are independent: overlap them.

@@ -57,6 +57,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         Assert.Equal("new", first["incremental"]![Device]!.GetValue<string>());
         Assert.Equal("100/qemu-1700000000", first["archive"]!.GetValue<string>());
         Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>().StartsWith("info: transferred 64.0 MiB", StringComparison.Ordinal));
+        Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>() == "info: drive-scsi0: full backup of 64.0 MiB (bitmap-mode new): no earlier backup of this disk on this storage");
 
         // 2: incremental after known writes: 1 MiB of data, 512 KiB of zeroes over data, 64 KiB at the end.
         await disk.WriteAsync("write -P 0xc3 16M 1M", "write -z 1M 512k", "write -P 0xd4 64448k 64k");

@@ -112,6 +112,17 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
         Assert.Contains($"PVE gave size {Size * 2}, but the NBD export has {Size} bytes", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public async Task A_bitmap_relative_to_a_backup_of_another_disk_size_is_refused_with_the_reason()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        var e = FailAndCleanUp(s, Volumes(Size * 2, access.SocketPath));
+        Assert.Contains("QEMU's bitmap cannot be used: the disk was resized since qemu-", e.Message, StringComparison.Ordinal);
+        Assert.Contains("the next backup of this guest will be full", e.Message, StringComparison.Ordinal);
+    }
+
     [Theory]
     [InlineData("drive/scsi0")]
     [InlineData("..")]

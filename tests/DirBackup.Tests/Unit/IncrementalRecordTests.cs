@@ -57,6 +57,23 @@ public sealed class IncrementalRecordTests : IDisposable
     }
 
     [Fact]
+    public void Each_reason_for_a_full_backup_is_told()
+    {
+        _storage.AddVm(100, 1700000000);
+        var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
+        Assert.Equal(new ParentChoice("qemu-1700000000", null), record.Choose(_store, 100, "drive-scsi0", 4L << 30));
+        Assert.Equal("no earlier backup of this disk on this storage", record.Choose(_store, 100, "drive-scsi1", 4L << 30).WhyFull);
+        Assert.Equal("the disk was resized since qemu-1700000000 (4.0 GiB then, 8.0 GiB now)", record.Choose(_store, 100, "drive-scsi0", 8L << 30).WhyFull);
+
+        _storage.AddVm(100, 1700000100, parent: "1700000000");
+        Assert.StartsWith("a backup newer than qemu-1700000000", record.Choose(_store, 100, "drive-scsi0", 4L << 30).WhyFull, StringComparison.Ordinal);
+
+        Directory.Delete(_storage.Backups[0].Directory, recursive: true);
+        Assert.Equal("qemu-1700000000, which QEMU's bitmap is relative to, is gone", record.Choose(_store, 100, "drive-scsi0", 4L << 30).WhyFull);
+        Assert.Equal("the record of incremental backups (incremental.json) is damaged", RecordFor("drive-scsi0", "../../etc", 1024).Choose(_store, 100, "drive-scsi0", 1024).WhyFull);
+    }
+
+    [Fact]
     public void A_missing_or_damaged_record_means_every_device_starts_full()
     {
         Assert.Empty(IncrementalRecord.Read(_store, 100).Devices);
