@@ -146,7 +146,7 @@ public sealed unsafe partial class ChainFileExport
         output->MaxReadahead = init->MaxReadahead;
         output->Flags = init->Flags & (FuseAbi.AsyncRead | FuseAbi.AsyncDirectIo | FuseAbi.MaxPagesFlag);
         // Direct reads go out as background requests (async DIO), one per MaxRead piece: qemu-img's 8 reads of
-        // 2 MiB are 32 pieces, and past this limit the kernel makes readers wait for a slot.
+        // 2 MiB are 16 pieces (32 where a pipe holds only 1 MiB), and past this limit readers wait for a slot.
         output->MaxBackground = 64;
         output->CongestionThreshold = 48;
         output->MaxWrite = 4096;

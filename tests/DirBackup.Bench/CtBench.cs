@@ -38,7 +38,7 @@ public sealed class CtBench(string repo, string work, DaemonCommand daemonComman
                 tar.Add(await TimeAsync(() => Run("tar", ["cpf", Path.Combine(Out, "plain.tar"), "--one-file-system", "--sparse", "--numeric-owner", "--acls", "--xattrs",
                     "--xattrs-include=user.*", "--xattrs-include=security.capability", "-C", Tree, "./"])));
             }
-            double o = ours.Order().ElementAt(Runs / 2), t = tar.Order().ElementAt(Runs / 2);
+            double o = Tools.Median(ours), t = Tools.Median(tar);
             double size = (double)Dirs * FilesPerDir * FileSize / (1 << 20);
             Console.WriteLine();
             Console.WriteLine($"Container backup of {size / 1024:0.0} GiB in {Dirs * FilesPerDir} files, median of {Runs}");

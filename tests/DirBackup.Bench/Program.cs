@@ -93,11 +93,9 @@ public static class Program
         Console.WriteLine($"  median {r["rtt-median-s"]!.GetValue<double>() * 1000:0.000} ms, p99 {r["rtt-p99-s"]!.GetValue<double>() * 1000:0.000} ms  (target median < 2 ms)");
         Console.WriteLine();
         Console.WriteLine("daemon");
-        Console.WriteLine($"  start-up to a listening socket: median {Median(startups):0} ms of {startups.Count} (min {startups.Min():0}, max {startups.Max():0})");
+        Console.WriteLine($"  start-up to a listening socket: median {Tools.Median(startups):0} ms of {startups.Count} (min {startups.Min():0}, max {startups.Max():0})");
         Console.WriteLine($"  RSS idle after start: {idleRss / 1024.0:0.0} MiB; after the runs above: {afterRss / 1024.0:0.0} MiB");
     }
-
-    private static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
     private static long RssKiB(int pid)
     {

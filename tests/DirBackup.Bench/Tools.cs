@@ -28,6 +28,9 @@ public static class Tools
         return await stdout;
     }
 
+    /// <summary>The middle value (the upper one of an even count).</summary>
+    public static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
+
     /// <summary>
     /// Times one run from the same starting point for every contender (MACHINE-NOTES.md): the previous run's output
     /// deleted and synced (deleting gigabytes stalls later writes on this disk), then memory warmed right before the

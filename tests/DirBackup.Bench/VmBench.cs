@@ -106,16 +106,16 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         await daemon.WaitForExitAsync();
 
         var full = results[Ours];
-        double ours = Median(full);
+        double ours = Tools.Median(full);
         Console.WriteLine();
         Console.WriteLine($"VM full backup of a 4 GiB disk (1.6 GiB random, 0.8 GiB written zeroes, 1.6 GiB never written), median of {Runs}");
         foreach (var (name, times) in results)
         {
-            double t = Median(times);
+            double t = Tools.Median(times);
             Console.WriteLine($"  {name,-34} {t,7:0.00} s  {Size / (1 << 20) / t,7:0} MiB/s  ours/this {t / ours,5:0.00}x  (runs {Spread(times)})");
         }
         var againstConvert = Ratios(results[Convert], full);
-        Console.WriteLine($"  ours against qemu-img convert within each round: {Spread(againstConvert)} (median {Median(againstConvert):0.00}x)");
+        Console.WriteLine($"  ours against qemu-img convert within each round: {Spread(againstConvert)} (median {Tools.Median(againstConvert):0.00}x)");
         Console.WriteLine("  (targets: no slower than qemu-img convert, at least 8x the Perl loop)");
         Console.WriteLine();
         Console.WriteLine("VM incremental backup of the 2% scattered rewrite");
@@ -139,8 +139,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
     private static void PrintIncremental(string how, List<double> incrementals, List<double> full)
     {
         var shares = Ratios(incrementals, full).Select(r => r * 100).ToList();
-        Console.WriteLine($"  {how}: {Median(incrementals):0.000} s (runs {Spread(incrementals)} s), full {Median(full):0.000} s");
-        Console.WriteLine($"    = {Median(incrementals) / Median(full) * 100:0.0}% of the full backup; within each round {string.Join(" ", shares.Select(p => p.ToString("0.0", CultureInfo.InvariantCulture) + "%"))} (median {Median(shares):0.0}%)");
+        Console.WriteLine($"  {how}: {Tools.Median(incrementals):0.000} s (runs {Spread(incrementals)} s), full {Tools.Median(full):0.000} s");
+        Console.WriteLine($"    = {Tools.Median(incrementals) / Tools.Median(full) * 100:0.0}% of the full backup; within each round {string.Join(" ", shares.Select(p => p.ToString("0.0", CultureInfo.InvariantCulture) + "%"))} (median {Tools.Median(shares):0.0}%)");
     }
 
     private const int RestoreRuns = 7;
@@ -221,18 +221,16 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         }
     }
 
-    private static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
-
     /// <summary>Every run in order: this machine's timings move up to 2x between runs, and a median alone hides that.</summary>
     private static string Spread(List<double> values) => string.Join(" ", values.Select(t => t.ToString("0.00", CultureInfo.InvariantCulture)));
 
     private static void PrintRestore(List<double> export, List<double> direct, string target)
     {
-        double viaExport = Median(export), chain = Median(direct);
+        double viaExport = Tools.Median(export), chain = Tools.Median(direct);
         Console.WriteLine($"    through the exported file   {viaExport,6:0.00} s  {Size / (1 << 20) / viaExport,6:0} MiB/s  (runs {Spread(export)})");
         Console.WriteLine($"    the qcow2 chain directly     {chain,6:0.00} s  {Size / (1 << 20) / chain,6:0} MiB/s  (runs {Spread(direct)})");
         var perRun = Ratios(direct, export);
-        Console.WriteLine($"    ratio {chain / viaExport:0.00}x; within each run {Spread(perRun)} (median {Median(perRun):0.00}x) {target}".TrimEnd());
+        Console.WriteLine($"    ratio {chain / viaExport:0.00}x; within each run {Spread(perRun)} (median {Tools.Median(perRun):0.00}x) {target}".TrimEnd());
     }
 
     private Task<double> TimeAsync(Func<Task> run) => Tools.TimeSettledAsync(repo, Out, run);
@@ -407,8 +405,6 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         }
         await Task.Delay(50);
     }
-
-    private Task Sh(string command) => Run("sh", ["-c", command]);
 
     private Task<string> Run(string tool, IEnumerable<string> args, Dictionary<string, string>? env = null) => Tools.RunAsync(repo, tool, args, env);
 }

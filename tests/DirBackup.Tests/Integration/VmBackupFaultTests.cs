@@ -308,7 +308,6 @@ public abstract class MountedStorageTests(string name) : IDisposable
 [Trait("speed", "slow")]
 public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
 {
-
     [Fact]
     public async Task A_full_storage_fails_the_backup_cleanly_and_leaves_nothing()
     {
