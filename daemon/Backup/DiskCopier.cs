@@ -20,6 +20,7 @@ public sealed record DiskCopyRequest
     public byte[]? ParentDigests { get; init; }
     public BandwidthLimiter? Limiter { get; init; }
     public int Workers { get; init; } = 4;
+    public CopyBufferPool Buffers { get; init; } = CopyBufferPool.Shared;
 }
 
 /// <summary>Counters of one copy, read by the progress reporter while workers update them.</summary>
@@ -36,7 +37,8 @@ public sealed class CopyStats
 /// <summary>
 /// The copy engine: walks the source's block status, then several workers (each with its own pair of NBD
 /// connections, so many requests are in flight) copy 4 MiB chunks, store zeroes only where a parent could show
-/// through, digest every 64 KiB block and trim what they copied from the source. Memory is one chunk per worker.
+/// through, digest every 64 KiB block and trim what they copied from the source. Memory is two chunks per worker,
+/// pooled from one copy to the next.
 /// </summary>
 public static class DiskCopier
 {
@@ -83,9 +85,11 @@ public static class DiskCopier
         // by the buffer pool: two buffers per reader.
         using var free = new BlockingCollection<byte[]>();
         using var filled = new BlockingCollection<(WorkUnit Unit, byte[] Buffer)>();
-        for (int i = 0; i < 2 * stages; i++)
+        var buffers = new byte[2 * stages][];
+        for (int i = 0; i < buffers.Length; i++)
         {
-            free.Add(GC.AllocateUninitializedArray<byte>(CopyPlan.ChunkSize, pinned: true), CancellationToken.None);
+            buffers[i] = request.Buffers.Rent();
+            free.Add(buffers[i], CancellationToken.None);
         }
 
         void Fail(Exception e)
@@ -167,6 +171,10 @@ public static class DiskCopier
         if (firstError is not null)
         {
             throw firstError is DirBackupException or OperationCanceledException ? firstError : DirBackupException.Io(firstError.Message, firstError);
+        }
+        foreach (var buffer in buffers)
+        {
+            request.Buffers.Return(buffer);
         }
         return digests;
     }
