@@ -1,0 +1,58 @@
+using DirBackup.Errors;
+using DirBackup.Nbd;
+using DirBackup.Qemu;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Integration;
+
+/// <summary>The backup target: a real qemu-storage-daemon serving one qcow2 image on a private socket.</summary>
+public sealed class StorageDaemonTests : IDisposable
+{
+    private readonly TempDir _dir = new("dirbackup-qsd");
+
+    [Fact]
+    public async Task An_image_is_served_writable_and_flushed_when_stopped()
+    {
+        var image = _dir.Combine("disk.qcow2");
+        await QemuImg.CreateAsync(image, 8 << 20, null, CancellationToken.None);
+        var target = await StorageDaemon.ServeQcow2Async(image, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
+        await using (target)
+        {
+            using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
+            {
+                Assert.Equal(8 << 20, client.Size);
+                client.Write(Enumerable.Repeat((byte)0x5a, 65536).ToArray(), 1 << 20);
+            }
+            await target.StopAsync();
+        }
+        var check = await ChildProcess.RunAsync("qemu-io", ["-f", "qcow2", "-r", "-c", "read -P 0x5a 1M 64k", image], CancellationToken.None);
+        Assert.DoesNotContain("verification failed", check);
+        Assert.False(File.Exists(target.SocketPath));
+    }
+
+    [Fact]
+    public async Task A_missing_image_is_refused_in_one_line_that_names_it()
+    {
+        var missing = _dir.Combine("gone.qcow2");
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(missing, _dir.Combine("run"), scatteredWrites: true, CancellationToken.None));
+        Assert.Equal(ErrorCode.IoError, e.Code);
+        Assert.Contains(missing, e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Empty(Directory.GetFiles(_dir.Combine("run")));
+    }
+
+    [Fact]
+    public async Task A_daemon_that_cannot_listen_fails_with_its_own_reason()
+    {
+        // A socket path longer than a Unix socket address holds: QEMU exits before it listens.
+        var image = _dir.Combine("disk.qcow2");
+        await QemuImg.CreateAsync(image, 8 << 20, null, CancellationToken.None);
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(image, _dir.Combine(new string('r', 120)), scatteredWrites: false, CancellationToken.None));
+        Assert.Equal(ErrorCode.IoError, e.Code);
+        Assert.StartsWith($"{StorageDaemon.Tool} exited: ", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+    }
+
+    public void Dispose() => _dir.Dispose();
+}
