@@ -1,16 +1,26 @@
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using DirBackup.Native;
 
 namespace DirBackup.Restore;
 
-/// <summary>The FUSE requests: a worker loop per thread, and one small handler per operation a read-only file needs.</summary>
+/// <summary>The FUSE requests: receivers and copiers, and one small handler per operation a read-only file needs.</summary>
 public sealed unsafe partial class ChainFileExport
 {
-    private void Serve()
+    /// <summary>A read taken off the kernel's queue, waiting for a copier.</summary>
+    private readonly record struct PendingRead(FuseAbi.InHeader Header, FuseAbi.ReadIn Read);
+
+    /// <summary>
+    /// Takes every request off the kernel's queue at once: reads go to the copiers, everything else (lseek above all)
+    /// is answered here. A reader's lseek then never waits in the kernel's queue behind reads that every worker is
+    /// still copying; qemu-img asks one or two before each extent and waits for them in its main loop, so those waits
+    /// add up: 4,021 lseeks in the benchmark's restore, 61 µs each on average when eight workers answered everything
+    /// in turn, 45-52 µs with the reads handed to copiers (perf trace -s, null target).
+    /// </summary>
+    private void Receive()
     {
         byte* input = (byte*)NativeMemory.AlignedAlloc((nuint)InBufferSize, 4096);
         byte* output = (byte*)NativeMemory.AlignedAlloc((nuint)(OutHeaderSize + MaxRead), 4096);
-        var pipe = _spliceReads ? SplicePipe.Create() : SplicePipe.None();
         try
         {
             while (true)
@@ -32,8 +42,9 @@ public sealed unsafe partial class ChainFileExport
                 }
                 var request = (FuseAbi.InHeader*)input;
                 byte* body = input + sizeof(FuseAbi.InHeader);
-                if (request->Opcode == FuseAbi.Read && pipe.IsOpen && SpliceRead(pipe, request->Unique, (FuseAbi.ReadIn*)body, output))
+                if (request->Opcode == FuseAbi.Read && n >= sizeof(FuseAbi.InHeader) + sizeof(FuseAbi.ReadIn))
                 {
+                    _reads.Add(new PendingRead(*request, *(FuseAbi.ReadIn*)body));
                     continue;
                 }
                 if (Handle(request, body, output) is int length)
@@ -45,18 +56,57 @@ public sealed unsafe partial class ChainFileExport
         }
         finally
         {
-            pipe.Close();
             NativeMemory.AlignedFree(input);
             NativeMemory.AlignedFree(output);
-            if (Interlocked.Decrement(ref _running) == 0)
+            if (Interlocked.Decrement(ref _receiving) == 0)
             {
-                Libc.close(_fuseFd);
-                foreach (int fd in _layerFds)
-                {
-                    Libc.close(fd);
-                }
-                _stopped.TrySetResult();
+                _reads.CompleteAdding();
             }
+            Exit();
+        }
+    }
+
+    /// <summary>Answers reads, several at once: each reply is the one copy of its data, made by the kernel in this thread.</summary>
+    private void Copy()
+    {
+        byte* output = (byte*)NativeMemory.AlignedAlloc((nuint)(OutHeaderSize + MaxRead), 4096);
+        var pipe = _spliceReads ? SplicePipe.Create() : SplicePipe.None();
+        try
+        {
+            foreach (var pending in _reads.GetConsumingEnumerable())
+            {
+                var header = pending.Header;
+                var read = pending.Read;
+                if (pipe.IsOpen && SpliceRead(pipe, header.Unique, &read, output))
+                {
+                    continue;
+                }
+                if (Handle(&header, (byte*)&read, output) is int length)
+                {
+                    Libc.write(_fuseFd, output, (nuint)length);
+                }
+            }
+        }
+        finally
+        {
+            pipe.Close();
+            NativeMemory.AlignedFree(output);
+            Exit();
+        }
+    }
+
+    /// <summary>The last thread out closes the kernel connection and the layers.</summary>
+    private void Exit()
+    {
+        if (Interlocked.Decrement(ref _running) == 0)
+        {
+            Libc.close(_fuseFd);
+            foreach (int fd in _layerFds)
+            {
+                Libc.close(fd);
+            }
+            _reads.Dispose();
+            _stopped.TrySetResult();
         }
     }
 

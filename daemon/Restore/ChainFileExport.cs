@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Runtime.InteropServices;
 using DirBackup.Errors;
 using DirBackup.Native;
@@ -17,7 +18,8 @@ public sealed partial class ChainFileExport : IChainExport
     private static readonly int MaxRead = Math.Clamp(SplicePipe.Capacity / 2, 128 << 10, 1 << 20);
     private static readonly int InBufferSize = (1 << 20) + 4096; // the kernel refuses a smaller buffer than max_write allows
     private const int OutHeaderSize = 16;
-    private const int Workers = 8; // more than qemu-img has reads in flight, so an lseek never waits behind them
+    private const int Receivers = 2; // one can be answering while the other takes the next request off the queue
+    private const int Copiers = 8;
 
     private readonly ChainMap _map;
     private readonly int[] _layerFds;
@@ -26,7 +28,9 @@ public sealed partial class ChainFileExport : IChainExport
     private readonly TaskCompletionSource _stopped = new(TaskCreationOptions.RunContinuationsAsynchronously);
     private readonly long _time = DateTimeOffset.UtcNow.ToUnixTimeSeconds();
     private readonly bool _spliceReads;
+    private readonly BlockingCollection<PendingRead> _reads = [];
     private int _running;
+    private int _receiving;
 
     private ChainFileExport(string path, ChainMap map, int[] layerFds, int fuseFd, bool spliceReads)
     {
@@ -107,10 +111,15 @@ public sealed partial class ChainFileExport : IChainExport
             throw DirBackupException.Io($"cannot mount the restore export at '{mountpoint}': {Libc.Describe(errno)}");
         }
         var export = new ChainFileExport(mountpoint, map, layerFds, fuseFd, spliceReads);
-        export._running = Workers;
-        for (int i = 0; i < Workers; i++)
+        export._running = Receivers + Copiers;
+        export._receiving = Receivers;
+        for (int i = 0; i < Receivers; i++)
         {
-            new Thread(export.Serve) { IsBackground = true, Name = "restore-fuse" }.Start();
+            new Thread(export.Receive) { IsBackground = true, Name = "restore-fuse" }.Start();
+        }
+        for (int i = 0; i < Copiers; i++)
+        {
+            new Thread(export.Copy) { IsBackground = true, Name = "restore-copy" }.Start();
         }
         return export;
     }
@@ -136,8 +145,8 @@ public sealed partial class ChainFileExport : IChainExport
     }
 
     /// <summary>
-    /// Unmounting ends the kernel's connection, which wakes every worker with ENODEV. A reader still holding the file
-    /// keeps a lazily detached mount alive; the workers then finish when it lets go and free what they hold.
+    /// Unmounting ends the kernel's connection, which wakes every receiver with ENODEV; the copiers finish the reads already taken. A reader still holding the file
+    /// keeps a lazily detached mount alive; the threads then finish when it lets go and free what they hold.
     /// </summary>
     public async Task StopAsync()
     {
