@@ -93,6 +93,57 @@ public sealed class LifecycleTests : IDisposable
 
     [Fact]
     [Trait("speed", "slow")]
+    public async Task A_reader_holding_the_export_across_cleanup_reads_on_and_the_layers_are_let_go_when_it_closes()
+    {
+        var socket = _dir.Combine("run", "dirbackupd.sock");
+        var storage = new StorageBuilder(_dir.Combine("store"));
+        var backup = await storage.AddVmWithImageAsync(100, 1700000000);
+        var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
+        await SourceDisk.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 1M 1M", image);
+        await using var daemon = await DaemonProcess.StartAsync(socket);
+        using var client = LineClient.Connect(socket);
+        System.Text.Json.Nodes.JsonNode Volume() => Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject()));
+        client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
+        var export = client.Call("restore_vm_volume_init", Volume())!["qemu-img-path"]!.GetValue<string>();
+
+        using (var held = new FileStream(export, FileMode.Open, FileAccess.Read))
+        {
+            client.Call("restore_vm_volume_cleanup", Volume());
+            client.Call("restore_vm_cleanup", Json.Params(storage, ("volname", backup.VolName)));
+            Assert.DoesNotContain(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
+
+            // Lazily detached: a file a reader already holds keeps answering.
+            var data = new byte[1 << 20];
+            held.Position = 1 << 20;
+            held.ReadExactly(data);
+            Assert.Equal(-1, data.AsSpan().IndexOfAnyExcept((byte)0x3c));
+            Assert.True(HoldsOpen(daemon.Pid, image));
+        }
+
+        // The last reference gone, the kernel ends the connection and the daemon's threads close the layers.
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (HoldsOpen(daemon.Pid, image) && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(50);
+        }
+        Assert.False(HoldsOpen(daemon.Pid, image));
+    }
+
+    private static bool HoldsOpen(int pid, string path) =>
+        Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd").Any(fd =>
+        {
+            try
+            {
+                return new FileInfo(fd).LinkTarget == path;
+            }
+            catch (IOException)
+            {
+                return false;
+            }
+        });
+
+    [Fact]
+    [Trait("speed", "slow")]
     public async Task A_stopping_daemon_tears_its_restore_exports_down()
     {
         var socket = _dir.Combine("run", "dirbackupd.sock");
