@@ -75,8 +75,7 @@ public sealed class LifecycleTests : IDisposable
         await using (var first = await DaemonProcess.StartAsync(socket))
         {
             using var client = LineClient.Connect(socket);
-            client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
-            export = client.Call("restore_vm_volume_init", Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+            export = ExportDisk(client, storage, backup);
             mount = client.Call("restore_container_init", Json.Params(storage, ("volname", container.VolName), ("info", new System.Text.Json.Nodes.JsonObject())))!["archive-directory"]!.GetValue<string>();
             await first.CrashAsync();
         }
@@ -102,13 +101,11 @@ public sealed class LifecycleTests : IDisposable
         await SourceDisk.Run("qemu-io", "-f", "qcow2", "-c", "write -P 0x3c 1M 1M", image);
         await using var daemon = await DaemonProcess.StartAsync(socket);
         using var client = LineClient.Connect(socket);
-        System.Text.Json.Nodes.JsonNode Volume() => Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject()));
-        client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
-        var export = client.Call("restore_vm_volume_init", Volume())!["qemu-img-path"]!.GetValue<string>();
+        var export = ExportDisk(client, storage, backup);
 
         using (var held = new FileStream(export, FileMode.Open, FileAccess.Read))
         {
-            client.Call("restore_vm_volume_cleanup", Volume());
+            client.Call("restore_vm_volume_cleanup", DiskParams(storage, backup));
             client.Call("restore_vm_cleanup", Json.Params(storage, ("volname", backup.VolName)));
             Assert.DoesNotContain(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
 
@@ -128,6 +125,16 @@ public sealed class LifecycleTests : IDisposable
         }
         Assert.False(HoldsOpen(daemon.Pid, image));
     }
+
+    /// <summary>restore_vm_init and restore_vm_volume_init of the backup's one disk, as qmrestore begins; the exported path.</summary>
+    private static string ExportDisk(LineClient client, StorageBuilder storage, PreparedBackup backup)
+    {
+        client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
+        return client.Call("restore_vm_volume_init", DiskParams(storage, backup))!["qemu-img-path"]!.GetValue<string>();
+    }
+
+    private static System.Text.Json.Nodes.JsonNode DiskParams(StorageBuilder storage, PreparedBackup backup) =>
+        Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject()));
 
     private static bool HoldsOpen(int pid, string path) =>
         Directory.EnumerateFileSystemEntries($"/proc/{pid}/fd").Any(fd =>
@@ -153,8 +160,7 @@ public sealed class LifecycleTests : IDisposable
         string export;
         using (var client = LineClient.Connect(socket))
         {
-            client.Call("restore_vm_init", Json.Params(storage, ("volname", backup.VolName)));
-            export = client.Call("restore_vm_volume_init", Json.Params(storage, ("volname", backup.VolName), ("device", "drive-scsi0"), ("info", new System.Text.Json.Nodes.JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+            export = ExportDisk(client, storage, backup);
         }
         Assert.Equal(0, await daemon.TerminateAsync());
         Assert.DoesNotContain(export, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
