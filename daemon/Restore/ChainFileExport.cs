@@ -19,7 +19,7 @@ public sealed partial class ChainFileExport : IChainExport
     private static readonly int InBufferSize = (1 << 20) + 4096; // the kernel refuses a smaller buffer than max_write allows
     private const int OutHeaderSize = 16;
     private const int Receivers = 2; // one can be answering while the other takes the next request off the queue
-    private const int Copiers = 8;
+    private const int Copiers = 8; // as many as qemu-img convert has coroutines reading (8 unless told otherwise)
 
     private readonly ChainMap _map;
     private readonly int[] _layerFds;
@@ -145,8 +145,9 @@ public sealed partial class ChainFileExport : IChainExport
     }
 
     /// <summary>
-    /// Unmounting ends the kernel's connection, which wakes every receiver with ENODEV; the copiers finish the reads already taken. A reader still holding the file
-    /// keeps a lazily detached mount alive; the threads then finish when it lets go and free what they hold.
+    /// Unmounting ends the kernel's connection, which wakes every receiver with ENODEV; the copiers finish the reads
+    /// already taken. A reader still holding the file keeps a lazily detached mount alive; the threads then finish when
+    /// it lets go and free what they hold.
     /// </summary>
     public async Task StopAsync()
     {
