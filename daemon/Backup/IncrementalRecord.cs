@@ -39,12 +39,9 @@ public sealed class IncrementalRecord
         AtomicFile.Write(PathFor(store, vmid), JsonSerializer.SerializeToUtf8Bytes(this, new JsonSerializerOptions { WriteIndented = true }));
 
     /// <summary>
-    /// The parent a device's bitmap is relative to, if it still exists with the same size; otherwise null, and
-    /// the next backup of that device must be full.
+    /// The parent a device's bitmap is relative to, if it still exists with the same size; otherwise why there is none,
+    /// and the next backup of that device must be full (the reason goes into the full backup's task log).
     /// </summary>
-    public string? UsableParent(BackupStore store, int vmid, string device, long size) => Choose(store, vmid, device, size).Parent;
-
-    /// <summary>The parent a device's bitmap is relative to, or why there is none (for the task log of the full backup).</summary>
     public ParentChoice Choose(BackupStore store, int vmid, string device, long size)
     {
         if (!Devices.TryGetValue(device, out var entry))

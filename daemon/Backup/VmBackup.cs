@@ -142,7 +142,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         }
         catch (Exception e) when (e is DirBackupException or IOException)
         {
-            // The backup is complete; a stale record only makes the next backup full (see IncrementalRecord.UsableParent).
+            // The backup is complete; a stale record only makes the next backup full (see IncrementalRecord.Choose).
             await context.WarnAsync($"backup '{session.Volume}' is complete, but its incremental record was not updated ({e.Message}); the next backup of this guest will be full").ConfigureAwait(false);
         }
     }

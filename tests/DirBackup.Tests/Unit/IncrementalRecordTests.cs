@@ -33,7 +33,7 @@ public sealed class IncrementalRecordTests : IDisposable
     {
         _storage.AddVm(100, 1700000000);
         var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
-        Assert.Equal("qemu-1700000000", record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+        Assert.Equal("qemu-1700000000", record.Choose(_store, 100, "drive-scsi0", 4L << 30).Parent);
     }
 
     [Fact]
@@ -41,10 +41,10 @@ public sealed class IncrementalRecordTests : IDisposable
     {
         _storage.AddVm(100, 1700000000);
         var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
-        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 8L << 30));
-        Assert.Null(record.UsableParent(_store, 100, "drive-scsi1", 4L << 30));
+        Assert.Null(record.Choose(_store, 100, "drive-scsi0", 8L << 30).Parent);
+        Assert.Null(record.Choose(_store, 100, "drive-scsi1", 4L << 30).Parent);
         Directory.Delete(_storage.Backups[0].Directory, recursive: true);
-        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+        Assert.Null(record.Choose(_store, 100, "drive-scsi0", 4L << 30).Parent);
     }
 
     [Fact]
@@ -53,7 +53,7 @@ public sealed class IncrementalRecordTests : IDisposable
         _storage.AddVm(100, 1700000000);
         _storage.AddVm(100, 1700000100, parent: "1700000000");
         var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
-        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 4L << 30));
+        Assert.Null(record.Choose(_store, 100, "drive-scsi0", 4L << 30).Parent);
     }
 
     [Fact]
@@ -86,6 +86,6 @@ public sealed class IncrementalRecordTests : IDisposable
     public void A_record_naming_something_that_is_not_a_backup_directory_is_ignored()
     {
         var record = RecordFor("drive-scsi0", "../../etc", 1024);
-        Assert.Null(record.UsableParent(_store, 100, "drive-scsi0", 1024));
+        Assert.Null(record.Choose(_store, 100, "drive-scsi0", 1024).Parent);
     }
 }
