@@ -8,8 +8,7 @@ using DirBackup.Store;
 namespace DirBackup.Api;
 
 /// <summary>
-/// The backup-provider methods (PVE-API.md 3.2). Reading what a committed backup holds works now; the
-/// backup and restore paths answer, honestly, that this daemon version does not have them yet.
+/// The backup-provider methods (PVE-API.md 3.2): backups, restores and what a committed backup holds.
 /// </summary>
 public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSettings, BackupSessions sessions, RestoreSessions restores)
 {
@@ -100,29 +99,35 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         var vmid = args.VmId();
         var volumes = args.Element("volumes");
         var session = sessions.Find(store, vmid);
-        session?.WhyFull.Clear();
-        if (VmMode(args) == "full")
+        if (session is { Running: false, Committed: false } && session.Volume.Type == GuestType.Qemu)
         {
-            foreach (var device in volumes.EnumerateObject())
-            {
-                session?.WhyFull.TryAdd(VmBackup.CheckDeviceName(device.Name), "the storage takes full backups only (dirbackup-vm-mode full)");
-            }
-            return Task.FromResult<object?>(null);
+            session.WhyFull.Clear();
         }
-        var record = IncrementalRecord.Read(store, vmid);
+        else
+        {
+            session = null;
+        }
+        bool full = VmMode(args) == "full";
+        var record = full ? null : IncrementalRecord.Read(store, vmid);
         var answer = new Dictionary<string, string>();
         foreach (var device in volumes.EnumerateObject())
         {
             var name = VmBackup.CheckDeviceName(device.Name);
             long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && VmBackup.PositiveInteger(s) is long n ? n : -1;
-            var choice = record.Choose(store, vmid, name, size);
-            answer[name] = choice.Parent is null ? "new" : "use";
-            if (choice.WhyFull is not null)
+            var (parent, whyFull) = record?.Choose(store, vmid, name, size) is { } choice
+                ? (choice.Parent, choice.WhyFull)
+                : (null, "the storage takes full backups only (dirbackup-vm-mode full)");
+            answer[name] = parent is null ? "new" : "use";
+            if (whyFull is not null)
             {
-                session?.WhyFull.TryAdd(name, choice.WhyFull);
+                session?.WhyFull.TryAdd(name, whyFull);
+            }
+            if (session is not null && size > 0)
+            {
+                session.StartTarget(name, size, parent, backupSettings.RuntimeDir, context.Connection.Closed);
             }
         }
-        return Task.FromResult<object?>(answer);
+        return Task.FromResult<object?>(full ? null : answer);
     }
 
     [RpcMethod("backup_vm")]

@@ -4,6 +4,6 @@ namespace DirBackup.Backup;
 
 internal static partial class BackupLog
 {
-    [LoggerMessage(Level = LogLevel.Debug, Message = "{Device}: image created in {CreateMs:0} ms, target served after {ServeMs:0} ms, copied in {CopyMs:0} ms, target stopped in {StopMs:0} ms, image synced in {SyncMs:0} ms")]
-    public static partial void DevicePhases(ILogger logger, string device, double createMs, double serveMs, double copyMs, double stopMs, double syncMs);
+    [LoggerMessage(Level = LogLevel.Debug, Message = "{Device}: image created in {CreateMs:0} ms, target served after {ServeMs:0} ms, backup_vm waited {WaitMs:0} ms for them, copied in {CopyMs:0} ms, target stopped in {StopMs:0} ms, image synced in {SyncMs:0} ms")]
+    public static partial void DevicePhases(ILogger logger, string device, double createMs, double serveMs, double waitMs, double copyMs, double stopMs, double syncMs);
 }

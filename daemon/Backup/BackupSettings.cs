@@ -5,7 +5,7 @@ public sealed record BackupSettings
     /// <summary>Where private sockets of qemu-storage-daemon children live (root only, like the daemon's own socket).</summary>
     public string RuntimeDir { get; init; } = "/run/dirbackupd";
 
-    /// <summary>NBD connection pairs per disk; each keeps one request in flight.</summary>
+    /// <summary>Reader and writer threads per disk, each with its own NBD connections and a batch of requests in flight.</summary>
     public int CopyWorkers { get; init; } = 4;
 
     /// <summary>Progress lines in the task log come no more often than this.</summary>

@@ -25,12 +25,61 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     /// <summary>The process that called backup_container_prepare: the container child must descend from it.</summary>
     public int? PreparedBy { get; set; }
 
+    private readonly Dictionary<string, BackupTarget> _targets = new(StringComparer.Ordinal);
+
+    /// <summary>Starts a device's target ahead of backup_vm, after one started earlier for the device is gone.</summary>
+    public void StartTarget(string device, long size, string? parent, string runtimeDir, CancellationToken cancellationToken)
+    {
+        RemoveTarget(device)?.Discard();
+        var target = BackupTarget.Start(StagingDir, device, size, parent, runtimeDir, cancellationToken);
+        lock (_targets)
+        {
+            _targets[device] = target;
+        }
+    }
+
+    /// <summary>The target started ahead for this image, if it is the one wanted; any other for the device goes.</summary>
+    public BackupTarget? TakeTarget(string device, long size, string? parent)
+    {
+        var target = RemoveTarget(device);
+        if (target is null || target.IsFor(device, size, parent))
+        {
+            return target;
+        }
+        target.Discard();
+        return null;
+    }
+
+    private BackupTarget? RemoveTarget(string device)
+    {
+        lock (_targets)
+        {
+            return _targets.Remove(device, out var target) ? target : null;
+        }
+    }
+
+    /// <summary>Targets started ahead that backup_vm did not take: their QEMU stops, their images go.</summary>
+    public void DiscardTargets()
+    {
+        List<BackupTarget> left;
+        lock (_targets)
+        {
+            left = [.. _targets.Values];
+            _targets.Clear();
+        }
+        foreach (var target in left)
+        {
+            target.Discard();
+        }
+    }
+
     /// <summary>
     /// Everything synced, then one rename: from here on the backup exists even if vzdump fails later (QEMU may
     /// already have moved its bitmap on). The manifest's size counts every file of the backup.
     /// </summary>
     public void Commit(Manifest manifest)
     {
+        DiscardTargets();
         var staging = StagingDir;
         var manifestPath = Path.Combine(staging, Manifest.FileName);
         File.Delete(manifestPath);
@@ -51,6 +100,7 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
             return;
         }
         Finished = true;
+        DiscardTargets();
         if (!Committed)
         {
             RemoveStaging();
@@ -60,6 +110,8 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
 
     public void RemoveStaging()
     {
+        // A target started ahead may still be creating its image in there.
+        DiscardTargets();
         try
         {
             if (Directory.Exists(StagingDir))

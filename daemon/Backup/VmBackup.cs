@@ -185,32 +185,30 @@ public sealed partial class VmBackup(BackupSettings settings)
     private async Task<ManifestDevice> CopyDeviceAsync(GuestBackup session, VmDevice device, string? parent, BandwidthLimiter? limiter, CallContext context)
     {
         var cancellationToken = context.CancellationToken;
-        var image = Path.Combine(session.StagingDir, device.ImageFile);
-        var backing = parent is null ? null : $"../{parent}/{device.ImageFile}";
         byte[]? parentDigests = parent is null ? null : TryRead(Path.Combine(session.Store.GuestDir(session.Volume.VmId), parent, device.DigestFile));
         await context.InfoAsync(parent is null
             ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
                 + (session.WhyFull.TryGetValue(device.Name, out var why) ? ": " + why : "")
             : $"{device.Name}: incremental backup of {Units.Bytes(device.Size)} on top of {parent}").ConfigureAwait(false);
         var dirtyBitmap = parent is null ? null : device.BitmapName;
+        long started = Stopwatch.GetTimestamp();
+        var backupTarget = session.TakeTarget(device.Name, device.Size, parent)
+            ?? BackupTarget.Start(session.StagingDir, device.Name, device.Size, parent, settings.RuntimeDir, cancellationToken);
         // The walk over the source and the target's set-up are independent: overlap them.
         var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
         StorageDaemon target;
-        long started = Stopwatch.GetTimestamp();
-        TimeSpan created;
         try
         {
-            await QemuImg.CreateAsync(image, device.Size, backing, cancellationToken).ConfigureAwait(false);
-            created = Stopwatch.GetElapsedTime(started);
-            target = await StorageDaemon.ServeQcow2Async(image, settings.RuntimeDir, scatteredWrites: parent is not null, cancellationToken).ConfigureAwait(false);
+            target = await backupTarget.Served.WaitAsync(cancellationToken).ConfigureAwait(false);
         }
         catch
         {
+            backupTarget.Discard();
             await plan.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
             throw;
         }
 
-        var served = Stopwatch.GetElapsedTime(started);
+        var waited = Stopwatch.GetElapsedTime(started);
         TimeSpan copied, stopped;
         var stats = new CopyStats();
         byte[] digests;
@@ -240,11 +238,11 @@ public sealed partial class VmBackup(BackupSettings settings)
                 await LogSummaryAsync(context, device, stats, progress.Elapsed).ConfigureAwait(false);
             }
         }
-        SyncFile(image);
+        SyncFile(backupTarget.Image);
         AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
         var synced = Stopwatch.GetElapsedTime(started);
-        BackupLog.DevicePhases(context.Logger, device.Name, created.TotalMilliseconds, (served - created).TotalMilliseconds,
-            (copied - served).TotalMilliseconds, (stopped - copied).TotalMilliseconds, (synced - stopped).TotalMilliseconds);
+        BackupLog.DevicePhases(context.Logger, device.Name, backupTarget.CreateTime.TotalMilliseconds, backupTarget.ServeTime.TotalMilliseconds,
+            waited.TotalMilliseconds, (copied - waited).TotalMilliseconds, (stopped - copied).TotalMilliseconds, (synced - stopped).TotalMilliseconds);
         return new ManifestDevice
         {
             Name = device.Name,

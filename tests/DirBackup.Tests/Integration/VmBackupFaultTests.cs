@@ -214,10 +214,13 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     public async Task The_parent_of_a_backup_in_progress_cannot_be_deleted()
     {
         using var s = await WithOneBackupAsync();
+        // The limiter lets the first 4 MiB unit go at once and holds each later one back: 9 MiB keep the backup
+        // running for two seconds.
+        await s.Disk.WriteAsync("write -P 0x7c 0 8M");
         await using var access = await s.Disk.OpenBackupAccessAsync(Device);
         Init(s);
         var request = BackupVm(s.Storage, Volumes(Size, access.SocketPath));
-        request["info"] = new JsonObject { ["bandwidth-limit"] = 256L << 10 };
+        request["info"] = new JsonObject { ["bandwidth-limit"] = 4L << 20 };
         s.Client.SendLine(new JsonObject { ["jsonrpc"] = "2.0", ["id"] = 77, ["method"] = "backup_vm", ["params"] = request }.ToJsonString());
         var staged = Path.Combine(s.Storage.Root, "100", ".staging-qemu-1700000100", "manifest.json");
         var deadline = DateTime.UtcNow.AddSeconds(10);
@@ -274,6 +277,169 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
         // The lock went with the connection: the next backup of the guest may start.
         Init(s, 1700000300);
         s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+    }
+
+    /// <summary>What every path of a target started ahead begins with (QEMU's command line keeps the staging name).</summary>
+    private static string StagingPrefix(Setup s) => Path.Combine(s.Storage.Root, "100", ".staging-");
+
+    private static string Staged(Setup s, string file) => Path.Combine(s.Storage.Root, "100", ".staging-qemu-1700000100", file);
+
+    private static async Task<string> WaitForStagedImageAsync(Setup s, string device = Device)
+    {
+        var image = Staged(s, device + ".qcow2");
+        var deadline = DateTime.UtcNow.AddSeconds(10);
+        while (!File.Exists(image) || QemuProcessesOn(image).Count == 0)
+        {
+            Assert.True(DateTime.UtcNow < deadline, $"no target was started for {device}");
+            await Task.Delay(20);
+        }
+        return image;
+    }
+
+    /// <summary>qemu-storage-daemon or qemu-img processes whose command line names <paramref name="path"/>.</summary>
+    private static List<int> QemuProcessesOn(string path)
+    {
+        var pids = new List<int>();
+        foreach (var dir in Directory.EnumerateDirectories("/proc"))
+        {
+            if (!int.TryParse(Path.GetFileName(dir), out int pid))
+            {
+                continue;
+            }
+            try
+            {
+                var argv = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
+                if (Path.GetFileName(argv[0]).StartsWith("qemu-", StringComparison.Ordinal) && argv.Any(a => a.Contains(path, StringComparison.Ordinal)))
+                {
+                    pids.Add(pid);
+                }
+            }
+            catch (IOException)
+            {
+            }
+        }
+        return pids;
+    }
+
+    private static async Task AssertNoQemuLeftOnAsync(string path)
+    {
+        // A discarded target's QEMU is killed before the call returns; allow for the kernel reaping it.
+        var deadline = DateTime.UtcNow.AddSeconds(5);
+        while (QemuProcessesOn(path).Count > 0 && DateTime.UtcNow < deadline)
+        {
+            await Task.Delay(20);
+        }
+        Assert.Empty(QemuProcessesOn(path));
+    }
+
+    /// <summary>Inode number and birth time: a file deleted and created again may get the same inode number.</summary>
+    private static async Task<string> FileIdentityAsync(string path) => (await ChildProcess.RunAsync("stat", ["-c", "%i %w", path], CancellationToken.None)).Trim();
+
+    private static async Task<string?> BackingFileAsync(string image)
+    {
+        var info = JsonNode.Parse(await ChildProcess.RunAsync("qemu-img", ["info", "-U", "--output=json", image], CancellationToken.None))!;
+        return info["backing-filename"]?.GetValue<string>();
+    }
+
+    /// <summary>The committed image equals the disk as the backup access froze it, and no QEMU of a target runs on.</summary>
+    private static async Task AssertCommittedAndNothingLeftAsync(Setup s, BackupAccess access, string committed)
+    {
+        await SourceDisk.Run("qemu-img", "compare", "-f", "qcow2", "-F", "qcow2", access.FrozenState, committed);
+        await AssertNoQemuLeftOnAsync(StagingPrefix(s));
+    }
+
+    /// <summary>backup_vm and a successful backup_cleanup; returns the committed image of <see cref="Device"/>.</summary>
+    private static string BackUp(Setup s, JsonObject volumes)
+    {
+        s.Client.Call("backup_vm", BackupVm(s.Storage, volumes));
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", true), ("info", new JsonObject())));
+        return Path.Combine(s.Storage.Root, "100", "qemu-1700000100", Device + ".qcow2");
+    }
+
+    /// <summary>backup_init and backup_vm_query_incremental, then a wait until every device's target is being served.</summary>
+    private static async Task<(JsonNode Answer, string Image)> StartTargetsAheadAsync(Setup s, params string[] devices)
+    {
+        Init(s);
+        var answer = s.Client.Call("backup_vm_query_incremental", Query(s, devices))!;
+        foreach (var device in devices)
+        {
+            await WaitForStagedImageAsync(s, device);
+        }
+        return (answer, Staged(s, devices[0] + ".qcow2"));
+    }
+
+    private static JsonObject Query(Setup s, params string[] devices) =>
+        Json.Params(s.Storage, ("vmid", 100), ("volumes", new JsonObject(devices.Select(d => KeyValuePair.Create(d, (JsonNode?)new JsonObject { ["size"] = Size })))));
+
+    [Fact]
+    public async Task Query_incremental_starts_each_target_ahead_and_backup_vm_copies_into_that_image()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        var (answer, image) = await StartTargetsAheadAsync(s, Device);
+        Assert.Equal("use", answer[Device]!.GetValue<string>());
+        Assert.Equal($"../qemu-1700000000/{Device}.qcow2", await BackingFileAsync(image));
+        var identity = await FileIdentityAsync(image);
+
+        var committed = BackUp(s, Volumes(Size, access.SocketPath));
+        Assert.Equal(identity, await FileIdentityAsync(committed));
+        await AssertCommittedAndNothingLeftAsync(s, access, committed);
+    }
+
+    [Fact]
+    public async Task A_target_started_for_an_incremental_is_replaced_when_QEMU_makes_the_backup_full()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Assert.NotNull(await BackingFileAsync((await StartTargetsAheadAsync(s, Device)).Image));
+
+        // QEMU lost the bitmap (the VM was restarted): the answered "use" became a new bitmap, a full backup.
+        var committed = BackUp(s, Volumes(Size, access.SocketPath, mode: "new"));
+        Assert.Null(await BackingFileAsync(committed));
+        await AssertCommittedAndNothingLeftAsync(s, access, committed);
+    }
+
+    [Fact]
+    public async Task A_target_started_for_a_device_backup_vm_leaves_out_is_stopped_and_not_committed()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        await StartTargetsAheadAsync(s, Device, "drive-scsi1");
+
+        BackUp(s, Volumes(Size, access.SocketPath));
+        Assert.Equal([Device + ".digests", Device + ".qcow2", "guest.conf", "manifest.json"],
+            Directory.EnumerateFiles(Path.Combine(s.Storage.Root, "100", "qemu-1700000100")).Select(Path.GetFileName).Order(StringComparer.Ordinal));
+        await AssertNoQemuLeftOnAsync(StagingPrefix(s));
+    }
+
+    [Fact]
+    public async Task Targets_started_ahead_go_with_a_backup_that_fails_before_backup_vm()
+    {
+        using var s = await WithOneBackupAsync();
+        await StartTargetsAheadAsync(s, Device);
+        // qemu-server failed to set up QEMU's backup access (no fleecing storage, say).
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject { ["error"] = "cannot setup backup access without fleecing" })));
+        await AssertNoQemuLeftOnAsync(StagingPrefix(s));
+        AssertNothingChanged(s);
+    }
+
+    [Fact]
+    public async Task Targets_started_ahead_go_when_vzdump_goes_away_before_backup_vm()
+    {
+        using var s = await WithOneBackupAsync();
+        using (var vzdump = daemon.Connect())
+        {
+            vzdump.Call("backup_init", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("start-time", 1700000100)));
+            vzdump.Call("backup_vm_query_incremental", Query(s, Device));
+            await WaitForStagedImageAsync(s);
+        }
+        var until = DateTime.UtcNow.AddSeconds(10);
+        while (Directory.EnumerateDirectories(Path.Combine(s.Storage.Root, "100"), ".staging-*").Any() && DateTime.UtcNow < until)
+        {
+            await Task.Delay(50);
+        }
+        await AssertNoQemuLeftOnAsync(StagingPrefix(s));
+        AssertNothingChanged(s);
     }
 }
 
