@@ -124,7 +124,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
             }
             if (session is not null && size > 0)
             {
-                session.StartTarget(name, size, parent, backupSettings.RuntimeDir, context.Connection.Closed);
+                session.StartTarget(name, size, parent, backupSettings.RuntimeDir, context.Logger, context.Connection.Closed);
             }
         }
         return Task.FromResult<object?>(full ? null : answer);

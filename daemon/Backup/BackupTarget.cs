@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using DirBackup.Qemu;
+using Microsoft.Extensions.Logging;
 
 namespace DirBackup.Backup;
 
@@ -37,8 +38,12 @@ public sealed class BackupTarget
     public TimeSpan CreateTime { get; private set; }
     public TimeSpan ServeTime { get; private set; }
 
-    /// <summary>Creates the image and starts serving it, in the background; <paramref name="cancellationToken"/> abandons it.</summary>
-    public static BackupTarget Start(string stagingDir, string device, long size, string? parent, string runtimeDir, CancellationToken cancellationToken)
+    /// <summary>
+    /// Creates the image and starts serving it, in the background; <paramref name="cancellationToken"/> abandons it. A
+    /// failure is told to <paramref name="aheadLogger"/> for a target started ahead, which nobody awaits yet.
+    /// </summary>
+    public static BackupTarget Start(string stagingDir, string device, long size, string? parent, string runtimeDir, ILogger? aheadLogger,
+        CancellationToken cancellationToken)
     {
         var target = new BackupTarget(stagingDir, device, size, parent);
         var registration = cancellationToken.UnsafeRegister(static s => ((CancellationTokenSource)s!).Cancel(), target._abandoned);
@@ -50,6 +55,10 @@ public sealed class BackupTarget
             }
             catch (Exception e)
             {
+                if (aheadLogger is not null && !target._abandoned.IsCancellationRequested)
+                {
+                    BackupLog.TargetAheadFailed(aheadLogger, device, target.Image, e.Message);
+                }
                 target._served.SetException(e);
             }
             finally
@@ -95,8 +104,9 @@ public sealed class BackupTarget
         {
             File.Delete(Image);
         }
-        catch (IOException)
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
+            // The staging directory goes anyway, this image with it.
         }
     }
 }

@@ -1,4 +1,5 @@
 using DirBackup.Store;
+using Microsoft.Extensions.Logging;
 
 namespace DirBackup.Backup;
 
@@ -28,21 +29,24 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     private readonly Dictionary<string, BackupTarget> _targets = new(StringComparer.Ordinal);
 
     /// <summary>Starts a device's target ahead of backup_vm, after one started earlier for the device is gone.</summary>
-    public void StartTarget(string device, long size, string? parent, string runtimeDir, CancellationToken cancellationToken)
+    public void StartTarget(string device, long size, string? parent, string runtimeDir, ILogger logger, CancellationToken cancellationToken)
     {
         RemoveTarget(device)?.Discard();
-        var target = BackupTarget.Start(StagingDir, device, size, parent, runtimeDir, cancellationToken);
+        var target = BackupTarget.Start(StagingDir, device, size, parent, runtimeDir, logger, cancellationToken);
         lock (_targets)
         {
             _targets[device] = target;
         }
     }
 
-    /// <summary>The target started ahead for this image, if it is the one wanted; any other for the device goes.</summary>
+    /// <summary>
+    /// The target started ahead for this image, if it is the one wanted and did not fail (backup_vm then tries once
+    /// more itself, and reports its own error); any other for the device goes.
+    /// </summary>
     public BackupTarget? TakeTarget(string device, long size, string? parent)
     {
         var target = RemoveTarget(device);
-        if (target is null || target.IsFor(device, size, parent))
+        if (target is null || (target.IsFor(device, size, parent) && !target.Served.IsFaulted && !target.Served.IsCanceled))
         {
             return target;
         }

@@ -193,7 +193,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         var dirtyBitmap = parent is null ? null : device.BitmapName;
         long started = Stopwatch.GetTimestamp();
         var backupTarget = session.TakeTarget(device.Name, device.Size, parent)
-            ?? BackupTarget.Start(session.StagingDir, device.Name, device.Size, parent, settings.RuntimeDir, cancellationToken);
+            ?? BackupTarget.Start(session.StagingDir, device.Name, device.Size, parent, settings.RuntimeDir, aheadLogger: null, cancellationToken);
         // The walk over the source and the target's set-up are independent: overlap them.
         var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
         StorageDaemon target;

@@ -400,6 +400,24 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     }
 
     [Fact]
+    public async Task A_target_that_failed_to_start_ahead_is_started_again_by_backup_vm()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        // Something in the image's place makes qemu-img fail at query time; it is gone when backup_vm comes.
+        var image = Staged(s, Device + ".qcow2");
+        Directory.CreateDirectory(image);
+        s.Client.Call("backup_vm_query_incremental", Query(s, Device));
+        await daemon.Daemon.WaitForOutputAsync($"the target started ahead at {image} failed");
+        Directory.Delete(image);
+
+        var committed = BackUp(s, Volumes(Size, access.SocketPath));
+        Assert.Equal($"../qemu-1700000000/{Device}.qcow2", await BackingFileAsync(committed));
+        await AssertCommittedAndNothingLeftAsync(s, access, committed);
+    }
+
+    [Fact]
     public async Task A_target_started_for_a_device_backup_vm_leaves_out_is_stopped_and_not_committed()
     {
         using var s = await WithOneBackupAsync();
