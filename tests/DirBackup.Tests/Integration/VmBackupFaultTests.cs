@@ -417,6 +417,44 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
         await AssertCommittedAndNothingLeftAsync(s, access, committed);
     }
 
+    private static JsonObject QueryInMode(Setup s, string mode)
+    {
+        var query = Query(s, Device);
+        query["scfg"]!["dirbackup-vm-mode"] = mode;
+        return query;
+    }
+
+    [Fact]
+    public async Task A_storage_in_full_mode_asks_for_no_bitmap_and_backs_up_in_full_into_the_target_started_ahead()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        Init(s);
+        Assert.Null(s.Client.Call("backup_vm_query_incremental", QueryInMode(s, "full")));
+        var image = await WaitForStagedImageAsync(s);
+        Assert.Null(await BackingFileAsync(image));
+        var identity = await FileIdentityAsync(image);
+
+        // No answer: qemu-server attaches no bitmap.
+        var committed = BackUp(s, Volumes(Size, access.SocketPath, mode: "none", bitmap: null));
+        Assert.Equal(identity, await FileIdentityAsync(committed));
+        Assert.Null(await BackingFileAsync(committed));
+        await AssertCommittedAndNothingLeftAsync(s, access, committed);
+        Assert.DoesNotContain(Device, File.ReadAllText(Path.Combine(s.Storage.Root, "100", "incremental.json")), StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task An_unknown_vm_mode_is_refused_and_starts_no_target()
+    {
+        using var s = await WithOneBackupAsync();
+        Init(s);
+        var e = s.Client.Fail("backup_vm_query_incremental", QueryInMode(s, "sometimes"));
+        Assert.Equal("dirbackup-vm-mode 'sometimes' is neither incremental nor full", e.Message);
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.GetDirectoryName(Staged(s, Device))!, "*.qcow2"));
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+        AssertNothingChanged(s);
+    }
+
     [Fact]
     public async Task A_target_started_for_a_device_backup_vm_leaves_out_is_stopped_and_not_committed()
     {
