@@ -456,6 +456,20 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     }
 
     [Fact]
+    public async Task A_second_query_replaces_the_targets_the_first_one_started()
+    {
+        using var s = await WithOneBackupAsync();
+        await using var access = await s.Disk.OpenBackupAccessAsync(Device);
+        var image = (await StartTargetsAheadAsync(s, Device)).Image;
+        s.Client.Call("backup_vm_query_incremental", Query(s, Device));
+        await WaitForStagedImageAsync(s);
+        Assert.Single(QemuProcessesOn(image));
+
+        var committed = BackUp(s, Volumes(Size, access.SocketPath));
+        await AssertCommittedAndNothingLeftAsync(s, access, committed);
+    }
+
+    [Fact]
     public async Task A_target_started_for_a_device_backup_vm_leaves_out_is_stopped_and_not_committed()
     {
         using var s = await WithOneBackupAsync();
