@@ -109,11 +109,12 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         }
         bool full = VmMode(args) == "full";
         var record = full ? null : IncrementalRecord.Read(store, vmid);
+        // Every name is checked before any target starts: a refused query leaves nothing running.
+        var devices = volumes.EnumerateObject().Select(d => (Name: VmBackup.CheckDeviceName(d.Name),
+            Size: d.Value.ValueKind == JsonValueKind.Object && d.Value.TryGetProperty("size", out var s) && VmBackup.PositiveInteger(s) is long n ? n : -1)).ToList();
         var answer = new Dictionary<string, string>();
-        foreach (var device in volumes.EnumerateObject())
+        foreach (var (name, size) in devices)
         {
-            var name = VmBackup.CheckDeviceName(device.Name);
-            long size = device.Value.ValueKind == JsonValueKind.Object && device.Value.TryGetProperty("size", out var s) && VmBackup.PositiveInteger(s) is long n ? n : -1;
             var (parent, whyFull) = record?.Choose(store, vmid, name, size) is { } choice
                 ? (choice.Parent, choice.WhyFull)
                 : (null, "the storage takes full backups only (dirbackup-vm-mode full)");

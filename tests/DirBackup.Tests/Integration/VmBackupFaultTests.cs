@@ -136,8 +136,15 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
         Init(s);
         var e = FailAndCleanUp(s, Volumes(Size, "/dev/null", device: name));
         Assert.Contains("is not a QEMU drive id", e.Message, StringComparison.Ordinal);
-        var query = s.Client.Fail("backup_vm_query_incremental", Json.Params(s.Storage, ("vmid", 100), ("volumes", new JsonObject { [name] = new JsonObject { ["size"] = Size } })));
+        Init(s);
+        // The good name comes first: a refused query starts no target for it either.
+        var query = s.Client.Fail("backup_vm_query_incremental", Json.Params(s.Storage, ("vmid", 100),
+            ("volumes", new JsonObject { [Device] = new JsonObject { ["size"] = Size }, [name] = new JsonObject { ["size"] = Size } })));
         Assert.Equal((int)ErrorCode.InvalidParams, query.Code);
+        await Task.Delay(300); // a target, had one started, would have its image by now
+        Assert.Empty(Directory.EnumerateFileSystemEntries(Path.GetDirectoryName(Staged(s, Device))!, "*.qcow2"));
+        s.Client.Call("backup_cleanup", Json.Params(s.Storage, ("vmid", 100), ("vmtype", "qemu"), ("success", false), ("info", new JsonObject())));
+        AssertNothingChanged(s);
     }
 
     [Fact]
