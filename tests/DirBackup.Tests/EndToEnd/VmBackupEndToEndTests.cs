@@ -109,4 +109,62 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         }
         Assert.Empty(Directory.EnumerateFileSystemEntries(Path.Combine(Path.GetDirectoryName(daemon.SocketPath)!, "qsd", "restore")));
     }
+
+    /// <summary>
+    /// A UEFI VM: a data disk and an EFI vars disk of 528 KiB (PVE's size for 4 MiB OVMF images), which ends in a
+    /// partial 64 KiB block. One NBD server exports both, as QEMU does; each backup must equal both disks, the
+    /// incremental read only what changed in each, and the restore give both back byte for byte.
+    /// </summary>
+    [Fact]
+    public async Task Two_disks_one_of_an_odd_size_back_up_and_restore_byte_for_byte()
+    {
+        const string Efi = "drive-efidisk0";
+        const long EfiSize = 540672;
+        var storage = daemon.NewStorage("multi");
+        var data = await SourceDisk.CreateAsync(storage.Root + "-vm0", Size, "snapshot-access:multi");
+        var efi = await SourceDisk.CreateAsync(storage.Root + "-vm1", EfiSize, "snapshot-access:multi");
+        var store = new BackupStore(new StorageConfig("multi", storage.Root), new StoreSettings());
+        (string, long)[] devices = [(Device, Size), (Efi, EfiSize)];
+        await data.WriteAsync("write -P 0xa1 0 4M", "write -P 0xb2 40M 3M");
+        await efi.WriteAsync($"write -P 0x11 0 {EfiSize}");
+
+        var states = new List<Dictionary<string, string>>();
+        async Task BackUpAsync(long time)
+        {
+            await using var access = await SourceDisk.OpenBackupAccessAsync([(data, Device), (efi, Efi)]);
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, devices, access.SocketPath, data.Bitmap, time);
+            Assert.True(run.ExitCode == 0, run.Log);
+            states.Add(new() { [Device] = access.FrozenStateOf(Device), [Efi] = access.FrozenStateOf(Efi) });
+            foreach (var (device, _) in devices)
+            {
+                await AssertSameDiskAsync(access.FrozenStateOf(device), Path.Combine(storage.Root, "100", $"qemu-{time}", device + ".qcow2"));
+            }
+            await data.CommitBitmapAsync();
+            await efi.CommitBitmapAsync();
+        }
+
+        await BackUpAsync(1700000000);
+        // Changes in both: the EFI disk's only in its last, partial block (16 KiB from 512 KiB on).
+        await data.WriteAsync("write -P 0xc3 16M 1M");
+        await efi.WriteAsync("write -P 0x22 524288 16384");
+        await BackUpAsync(1700000100);
+
+        var incremental = store.ReadManifest(VolumeName.Parse("backup/100/qemu-1700000100"));
+        Assert.All(incremental.Devices, d => Assert.Equal("qemu-1700000000", d.Parent));
+        Assert.Equal(1L << 20, incremental.Devices.Single(d => d.Name == Device).Extra!["bytes-read"].GetInt64());
+        Assert.Equal(16384, incremental.Devices.Single(d => d.Name == Efi).Extra!["bytes-read"].GetInt64());
+
+        for (int i = 0; i < 2; i++)
+        {
+            var target = Path.Combine(storage.Root + "-vm0", $"restore-{i}");
+            var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, $"backup/100/qemu-{(i == 0 ? 1700000000 : 1700000100)}", target);
+            Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
+            foreach (var (device, size) in devices)
+            {
+                var raw = restore.Output["restored"]![device]!.GetValue<string>();
+                Assert.Equal(size, new FileInfo(raw).Length);
+                await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", raw, states[i][device]], CancellationToken.None);
+            }
+        }
+    }
 }

@@ -15,6 +15,7 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
     public string Image => image;
     public long Size => size;
     public string Bitmap => bitmap;
+    private string Folder => dir;
     private int _generation;
 
     public static async Task<SourceDisk> CreateAsync(string dir, long size, string bitmap)
@@ -41,22 +42,44 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
     /// <summary>QEMU's backup-access-teardown(success): the bitmap starts again from this point.</summary>
     public Task CommitBitmapAsync() => Run("qemu-img", "bitmap", "--clear", image, bitmap);
 
-    public async Task<BackupAccess> OpenBackupAccessAsync(string device, string? exportedBitmap = null)
+    public Task<BackupAccess> OpenBackupAccessAsync(string device, string? exportedBitmap = null) =>
+        OpenBackupAccessAsync([(this, device)], exportedBitmap);
+
+    /// <summary>Fresh frozen and exported copies of this disk for one backup access.</summary>
+    private async Task<(string Frozen, string Exported)> CopyForBackupAsync()
     {
         int generation = ++_generation;
         var frozen = Path.Combine(dir, $"state-{generation}.qcow2");
         var exported = Path.Combine(dir, $"export-{generation}.qcow2");
         await Run("cp", "--sparse=always", image, frozen);
         await Run("cp", "--sparse=always", image, exported);
-        var socket = Path.Combine(dir, $"nbd-{generation}.backup-access");
-        var psi = new ProcessStartInfo(StorageDaemon.Tool) { RedirectStandardError = true, RedirectStandardOutput = true };
-        foreach (var arg in new[]
+        return (frozen, exported);
+    }
+
+    /// <summary>
+    /// One NBD server exporting every disk under its device name, as QEMU's single NBD server per VM does; the socket
+    /// lives in the first disk's directory.
+    /// </summary>
+    public static async Task<BackupAccess> OpenBackupAccessAsync(IReadOnlyList<(SourceDisk Disk, string Device)> disks, string? exportedBitmap = null)
+    {
+        var copies = new Dictionary<string, (string Frozen, string Exported)>();
+        var nodes = new List<string>();
+        var exports = new List<string>();
+        for (int i = 0; i < disks.Count; i++)
         {
-            "--blockdev", $"driver=file,node-name=f0,filename={exported}",
-            "--blockdev", "driver=qcow2,node-name=n0,file=f0,discard=unmap",
-            "--nbd-server", $"addr.type=unix,addr.path={socket}",
-            "--export", $"type=nbd,id={device},node-name=n0,name={device},writable=on,bitmaps.0={exportedBitmap ?? bitmap}",
-        })
+            var (disk, device) = disks[i];
+            var copy = await disk.CopyForBackupAsync();
+            copies[device] = copy;
+            nodes.AddRange([
+                "--blockdev", $"driver=file,node-name=f{i},filename={copy.Exported}",
+                "--blockdev", $"driver=qcow2,node-name=n{i},file=f{i},discard=unmap"]);
+            exports.AddRange(["--export", $"type=nbd,id={device},node-name=n{i},name={device},writable=on,bitmaps.0={exportedBitmap ?? disk.Bitmap}"]);
+        }
+        var socket = Path.Combine(disks[0].Disk.Folder, $"nbd-{disks[0].Disk._generation}.backup-access");
+        // QEMU takes its options in order: the nodes, then the server, then the exports on it.
+        var args = nodes.Concat(["--nbd-server", $"addr.type=unix,addr.path={socket}"]).Concat(exports);
+        var psi = new ProcessStartInfo(StorageDaemon.Tool) { RedirectStandardError = true, RedirectStandardOutput = true };
+        foreach (var arg in args)
         {
             psi.ArgumentList.Add(arg);
         }
@@ -70,7 +93,7 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
             }
             await Task.Delay(10);
         }
-        return new BackupAccess(process, socket, frozen, exported);
+        return new BackupAccess(process, socket, copies);
     }
 
     public static async Task Run(string tool, params string[] args)
@@ -87,16 +110,17 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
     }
 }
 
-public sealed class BackupAccess(Process process, string socket, string frozenState, string exportedImage) : IAsyncDisposable
+public sealed class BackupAccess(Process process, string socket, IReadOnlyDictionary<string, (string Frozen, string Exported)> devices) : IAsyncDisposable
 {
     public string SocketPath => socket;
 
-    /// <summary>The image behind the export, which the backup trims as it copies (PVE's fleecing image).</summary>
-    public string ExportedImage => exportedImage;
+    /// <summary>The image behind the (first) export, which the backup trims as it copies (PVE's fleecing image).</summary>
+    public string ExportedImage => devices.Values.First().Exported;
 
-    /// <summary>The disk as it was when this backup access started: what the backup must equal.</summary>
-    public string FrozenState => frozenState;
+    /// <summary>The (first) disk as it was when this backup access started: what the backup must equal.</summary>
+    public string FrozenState => devices.Values.First().Frozen;
 
+    public string FrozenStateOf(string device) => devices[device].Frozen;
     public async ValueTask DisposeAsync()
     {
         if (!process.HasExited)

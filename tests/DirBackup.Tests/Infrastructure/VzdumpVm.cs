@@ -45,18 +45,30 @@ public static class VzdumpVm
         return RunPerlAsync(daemonSocket, ["tools/qmrestore-vm", "--storeid", storage.StoreId, "--path", storage.Root, "--volname", volname, "--target-dir", targetDir]);
     }
 
-    public static async Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
-        string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null)
+    public static Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
+        string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null) =>
+        RunAsync(daemonSocket, storage, vmid, [(device, size)], nbdPath, bitmap, startTime, notes, bwlimit, logFile);
+
+    /// <summary>Several disks of one VM, all exported by one NBD server as QEMU does.</summary>
+    public static async Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, IReadOnlyList<(string Device, long Size)> devices,
+        string nbdPath, string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null)
     {
         var config = Path.Combine(storage.Root, "..", $"vm-{vmid}-{startTime}.conf");
-        await File.WriteAllTextAsync(config, $"memory: 512\nscsi0: local:vm-{vmid}-disk-0,size={size}\n#qmdump#map:scsi0:{device}:local:qcow2:\n");
+        var drives = devices.Select((d, i) => (Drive: d.Device["drive-".Length..], d.Device, d.Size, Index: i)).ToList();
+        await File.WriteAllTextAsync(config, "memory: 512\n"
+            + string.Concat(drives.Select(d => $"{d.Drive}: local:vm-{vmid}-disk-{d.Index},size={d.Size}\n"))
+            + string.Concat(drives.Select(d => $"#qmdump#map:{d.Drive}:{d.Device}:local:qcow2:\n")));
         var args = new List<string>
         {
             "-T", "-I", "perl-shim", "-I", "tests/perl/lib", "tools/vzdump-vm",
             "--storeid", storage.StoreId, "--path", storage.Root, "--vmid", vmid.ToString(CultureInfo.InvariantCulture),
-            "--config", Path.GetFullPath(config), "--device", $"{device}={size}", "--nbd-path", nbdPath,
+            "--config", Path.GetFullPath(config), "--nbd-path", nbdPath,
             "--start-time", startTime.ToString(CultureInfo.InvariantCulture),
         };
+        foreach (var (device, size) in devices)
+        {
+            args.AddRange(["--device", $"{device}={size}"]);
+        }
         if (bitmap is not null)
         {
             args.AddRange(["--bitmap", bitmap]);
