@@ -21,13 +21,11 @@ public sealed class BackupTarget
 
     private BackupTarget(string stagingDir, string device, long size, string? parent)
     {
-        Device = device;
         Size = size;
         Parent = parent;
-        Image = Path.Combine(stagingDir, device + ".qcow2");
+        Image = Path.Combine(stagingDir, VmDevice.ImageFileOf(device));
     }
 
-    public string Device { get; }
     public long Size { get; }
     public string? Parent { get; }
     public string Image { get; }
@@ -79,8 +77,7 @@ public sealed class BackupTarget
         return daemon;
     }
 
-    public bool IsFor(string device, long size, string? parent) =>
-        Device == device && Size == size && Parent == parent;
+    public bool IsFor(long size, string? parent) => Size == size && Parent == parent;
 
     /// <summary>
     /// A target nobody will copy into: its QEMU stopped, its image removed. Waits for a start still in progress, which

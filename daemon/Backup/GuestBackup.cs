@@ -46,7 +46,7 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     public BackupTarget? TakeTarget(string device, long size, string? parent)
     {
         var target = RemoveTarget(device);
-        if (target is null || (target.IsFor(device, size, parent) && !target.Served.IsFaulted && !target.Served.IsCanceled))
+        if (target is null || (target.IsFor(size, parent) && !target.Served.IsFaulted))
         {
             return target;
         }

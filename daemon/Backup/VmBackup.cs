@@ -13,7 +13,9 @@ namespace DirBackup.Backup;
 /// <summary>One device of backup_vm's <c>$volumes</c>, checked.</summary>
 public sealed record VmDevice(string Name, long Size, string NbdPath, string BitmapMode, string? BitmapName)
 {
-    public string ImageFile => Name + ".qcow2";
+    public string ImageFile => ImageFileOf(Name);
+
+    public static string ImageFileOf(string device) => device + ".qcow2";
     public string DigestFile => Name + ".digests";
 }
 
