@@ -70,7 +70,7 @@ public sealed class BackupTarget
     private async Task<StorageDaemon> CreateAndServeAsync(string runtimeDir, CancellationToken cancellationToken)
     {
         long started = Stopwatch.GetTimestamp();
-        await QemuImg.CreateAsync(Image, Size, Parent is null ? null : $"../{Parent}/{Path.GetFileName(Image)}", cancellationToken).ConfigureAwait(false);
+        await QemuImg.CreateAsync(Image, Size, VmDevice.BackingFileOf(Parent, Path.GetFileName(Image)), cancellationToken).ConfigureAwait(false);
         CreateTime = Stopwatch.GetElapsedTime(started);
         var daemon = await StorageDaemon.ServeQcow2Async(Image, runtimeDir, scatteredWrites: Parent is not null, cancellationToken).ConfigureAwait(false);
         ServeTime = Stopwatch.GetElapsedTime(started) - CreateTime;

@@ -16,6 +16,9 @@ public sealed record VmDevice(string Name, long Size, string NbdPath, string Bit
     public string ImageFile => ImageFileOf(Name);
 
     public static string ImageFileOf(string device) => device + ".qcow2";
+
+    /// <summary>How an image names its parent's image of the same device: relative, so a storage can move.</summary>
+    public static string? BackingFileOf(string? parentDir, string imageFile) => parentDir is null ? null : $"../{parentDir}/{imageFile}";
     public string DigestFile => Name + ".digests";
 }
 
@@ -240,7 +243,7 @@ public sealed partial class VmBackup(BackupSettings settings)
                 await LogSummaryAsync(context, device, stats, progress.Elapsed).ConfigureAwait(false);
             }
         }
-        SyncFile(backupTarget.Image);
+        Libc.FsyncFile(backupTarget.Image);
         AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
         var synced = Stopwatch.GetElapsedTime(started);
         BackupLog.DevicePhases(context.Logger, device.Name, backupTarget.CreateTime.TotalMilliseconds, backupTarget.ServeTime.TotalMilliseconds,
@@ -317,11 +320,5 @@ public sealed partial class VmBackup(BackupSettings settings)
         {
             return null;
         }
-    }
-
-    private static void SyncFile(string path)
-    {
-        using var fs = new FileStream(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
-        fs.Flush(flushToDisk: true);
     }
 }

@@ -151,20 +151,25 @@ internal static unsafe partial class Libc
     public static string Describe(int errno) => Marshal.GetPInvokeErrorMessage(errno);
 
     /// <summary>fsync a directory so a rename or unlink in it survives a crash.</summary>
-    public static void FsyncDirectory(string path)
+    public static void FsyncDirectory(string path) => Fsync(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, "directory");
+
+    /// <summary>fsync a file another process wrote (qemu-img, a QEMU target), before it is renamed into place.</summary>
+    public static void FsyncFile(string path) => Fsync(path, O_RDONLY | O_CLOEXEC, "file");
+
+    private static void Fsync(string path, int flags, string what)
     {
-        int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        int fd = open(path, flags);
         if (fd < 0)
         {
             int errno = Marshal.GetLastPInvokeError();
-            throw new IOException($"cannot open directory '{path}' to sync it: {Describe(errno)}");
+            throw new IOException($"cannot open {what} '{path}' to sync it: {Describe(errno)}");
         }
         try
         {
             if (fsync(fd) != 0)
             {
                 int errno = Marshal.GetLastPInvokeError();
-                throw new IOException($"cannot sync directory '{path}': {Describe(errno)}");
+                throw new IOException($"cannot sync {what} '{path}': {Describe(errno)}");
             }
         }
         finally

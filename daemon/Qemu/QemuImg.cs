@@ -1,8 +1,10 @@
 using System.Globalization;
+using System.Text.Json;
+using System.Text.Json.Nodes;
 
 namespace DirBackup.Qemu;
 
-/// <summary>qemu-img, for creating the backup images: the field's own tool for the qcow2 format.</summary>
+/// <summary>qemu-img, for creating, inspecting and merging the backup images: the field's own tool for the qcow2 format.</summary>
 public static class QemuImg
 {
     public const string Tool = "qemu-img";
@@ -23,4 +25,44 @@ public static class QemuImg
         args.AddRange([path, size.ToString(CultureInfo.InvariantCulture)]);
         return ChildProcess.RunAsync(Tool, args, cancellationToken);
     }
+
+    /// <summary>What an image's header says. qemu-img info opens only this image (no backing file, no I/O).</summary>
+    public static async Task<ImageInfo> InfoAsync(string path, CancellationToken cancellationToken)
+    {
+        var json = await ChildProcess.RunAsync(Tool, ["info", "--output=json", "-f", "qcow2", path], cancellationToken).ConfigureAwait(false);
+        using var info = JsonDocument.Parse(json);
+        var root = info.RootElement;
+        string? dataFile = root.TryGetProperty("format-specific", out var specific) && specific.TryGetProperty("data", out var data)
+            && data.TryGetProperty("data-file", out var file) ? file.GetString() : null;
+        return new ImageInfo(
+            root.GetProperty("format").GetString(),
+            root.GetProperty("virtual-size").GetInt64(),
+            root.TryGetProperty("backing-filename", out var backing) ? backing.GetString() : null,
+            dataFile);
+    }
+
+    /// <summary>
+    /// Writes what the top image of a chain holds into the image below it, leaving the top as it was (-d). The chain
+    /// (base first) is given node by node, so no backing file name is read from a header.
+    /// </summary>
+    public static Task CommitAsync(IReadOnlyList<string> chainBaseFirst, CancellationToken cancellationToken)
+    {
+        if (chainBaseFirst.Count < 2)
+        {
+            throw new ArgumentException("a commit needs an image and the image below it", nameof(chainBaseFirst));
+        }
+        JsonNode? node = null;
+        foreach (var path in chainBaseFirst)
+        {
+            node = new JsonObject
+            {
+                ["driver"] = "qcow2",
+                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
+                ["backing"] = node,
+            };
+        }
+        return ChildProcess.RunAsync(Tool, ["commit", "-q", "-d", "json:" + node!.ToJsonString()], cancellationToken);
+    }
 }
+
+public sealed record ImageInfo(string? Format, long VirtualSize, string? BackingFile, string? DataFile);

@@ -1,4 +1,3 @@
-using System.Text.Json;
 using DirBackup.Backup;
 using DirBackup.Errors;
 using DirBackup.Native;
@@ -26,7 +25,7 @@ public static class ChainBuilder
             {
                 throw DirBackupException.Io($"backup '{volume}': the chain of '{device}' loops at '{current}'");
             }
-            var manifest = store.ReadManifest(current);
+            var manifest = store.ReadManifest(current, evenIfMerging: current != volume);
             var entry = manifest.Devices.FirstOrDefault(d => d.Name == device)
                 ?? throw (current == volume
                     ? DirBackupException.InvalidParams($"backup '{volume}' has no device '{device}' (it has {string.Join(", ", manifest.Devices.Select(d => d.Name))})")
@@ -38,7 +37,7 @@ public static class ChainBuilder
             VolumeName? parent = entry.Parent is null ? null
                 : VolumeName.FromDirectory(current.VmId, entry.Parent) ?? throw DirBackupException.Io($"backup '{current}': parent '{entry.Parent}' is not a backup name");
             var path = Path.Combine(store.BackupDir(current), entry.File);
-            var expectedBacking = parent is VolumeName p ? $"../{p.BackupDirName}/{entry.File}" : null;
+            var expectedBacking = VmDevice.BackingFileOf(parent?.BackupDirName, entry.File);
             layers.Add(new ChainLayer(path, current.ToString(), entry.Size, expectedBacking));
             if (parent is not VolumeName next)
             {
@@ -65,26 +64,22 @@ public static class ChainBuilder
         {
             throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is not a regular file (a link or something else replaced it)");
         }
-        // qemu-img info opens only this image (no backing file, no I/O) and reports what its header says.
-        var json = await ChildProcess.RunAsync(QemuImg.Tool, ["info", "--output=json", "-f", "qcow2", layer.Path], cancellationToken).ConfigureAwait(false);
-        using var info = JsonDocument.Parse(json);
-        var root = info.RootElement;
-        if (root.GetProperty("format").GetString() != "qcow2")
+        var info = await QemuImg.InfoAsync(layer.Path, cancellationToken).ConfigureAwait(false);
+        if (info.Format != "qcow2")
         {
             throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' is not qcow2");
         }
-        if (root.GetProperty("virtual-size").GetInt64() != layer.Size)
+        if (info.VirtualSize != layer.Size)
         {
-            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' has {root.GetProperty("virtual-size").GetInt64()} bytes, the manifest records {layer.Size}");
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' has {info.VirtualSize} bytes, the manifest records {layer.Size}");
         }
-        if (root.TryGetProperty("format-specific", out var specific) && specific.TryGetProperty("data", out var data) && data.TryGetProperty("data-file", out var dataFile))
+        if (info.DataFile is not null)
         {
-            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' keeps its data in an external file '{dataFile.GetString()}'; refusing it");
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' keeps its data in an external file '{info.DataFile}'; refusing it");
         }
-        string? backing = root.TryGetProperty("backing-filename", out var b) ? b.GetString() : null;
-        if (backing != layer.ExpectedBacking)
+        if (info.BackingFile != layer.ExpectedBacking)
         {
-            throw DirBackupException.Io($"{layer.Backup}: the header of '{layer.Path}' names backing file '{backing ?? "(none)"}' where the catalog says '{layer.ExpectedBacking ?? "(none)"}'; refusing a tampered image");
+            throw DirBackupException.Io($"{layer.Backup}: the header of '{layer.Path}' names backing file '{info.BackingFile ?? "(none)"}' where the catalog says '{layer.ExpectedBacking ?? "(none)"}'; refusing a tampered image");
         }
     }
 }

@@ -8,16 +8,16 @@ public sealed partial class BackupStore
     private const string DeletingPrefix = ".deleting-";
 
     /// <summary>
-    /// Removes a backup. Protected backups and backups another backup is layered on are refused: the latter
-    /// needs chain merging, which this daemon does not do yet. The directory first leaves the listing by one
+    /// Removes a backup. Protected backups, backups being restored and bases of backups in progress are refused;
+    /// a base of committed backups is first merged into them. The directory then leaves the listing by one
     /// rename, so a crash mid-delete never shows a half-deleted backup.
     /// </summary>
-    public async Task DeleteAsync(VolumeName volume, CancellationToken cancellationToken)
+    public async Task DeleteAsync(VolumeName volume, CancellationToken cancellationToken, Func<string, Task>? log = null)
     {
         string doomed;
         using (await LockGuestIfPresentAsync(volume, cancellationToken).ConfigureAwait(false))
         {
-            var manifest = ReadManifest(volume);
+            var manifest = ReadManifest(volume, evenIfMerging: true);
             if (InUse.IsInUse(Root, volume))
             {
                 throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored; try again after the restore");
@@ -26,15 +26,16 @@ public sealed partial class BackupStore
             {
                 throw new DirBackupException(ErrorCode.Protected, $"cannot remove protected backup '{volume}' on '{config.StoreId}': remove the protection first");
             }
-            var dependents = ListBackups(volume.VmId)
-                .Where(b => b.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
-                .Select(b => b.Volume.ToString())
-                .Concat(BackupsInProgressOn(volume))
-                .ToList();
-            if (dependents.Count > 0)
+            var inProgress = BackupsInProgressOn(volume).ToList();
+            if (inProgress.Count > 0)
             {
                 throw new DirBackupException(ErrorCode.HasDependents,
-                    $"cannot remove backup '{volume}': {string.Join(", ", dependents)} {(dependents.Count == 1 ? "is" : "are")} based on it, and merging a base into its successor is not implemented yet; remove the newer backups first");
+                    $"cannot remove backup '{volume}': {string.Join(", ", inProgress)} {(inProgress.Count == 1 ? "is" : "are")} based on it; try again after the backup");
+            }
+            var dependents = DependentImages(volume);
+            if (dependents.Count > 0)
+            {
+                await MergeIntoDependentsAsync(volume, manifest, dependents, log, cancellationToken).ConfigureAwait(false);
             }
             cancellationToken.ThrowIfCancellationRequested();
             doomed = Path.Combine(GuestDir(volume.VmId), $"{DeletingPrefix}{volume.BackupDirName}-{Guid.NewGuid():N}");

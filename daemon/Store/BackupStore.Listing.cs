@@ -8,13 +8,16 @@ namespace DirBackup.Store;
 
 public sealed partial class BackupStore
 {
-    /// <summary>Committed backups, one manifest read each; a damaged manifest is skipped and reported.</summary>
-    public List<BackupEntry> ListBackups(int? vmid, Action<string>? warn = null)
+    /// <summary>
+    /// Committed backups, one manifest read each; a damaged manifest is skipped and reported, and a backup being
+    /// merged away is left out unless asked for.
+    /// </summary>
+    public List<BackupEntry> ListBackups(int? vmid, Action<string>? warn = null, bool includeMerging = false)
     {
         var result = new List<BackupEntry>();
         if (vmid is int one)
         {
-            ListGuest(one, result, warn);
+            ListGuest(one, result, warn, includeMerging);
         }
         else
         {
@@ -23,14 +26,14 @@ public sealed partial class BackupStore
                 var id = VolumeName.ParseVmId(Path.GetFileName(dir));
                 if (id is int guest)
                 {
-                    ListGuest(guest, result, warn);
+                    ListGuest(guest, result, warn, includeMerging);
                 }
             }
         }
         return result.OrderBy(b => b.Volume.ToString(), StringComparer.Ordinal).ToList();
     }
 
-    private void ListGuest(int vmid, List<BackupEntry> result, Action<string>? warn)
+    private void ListGuest(int vmid, List<BackupEntry> result, Action<string>? warn, bool includeMerging)
     {
         var guestDir = GuestDir(vmid);
         var previous = ManifestCache.Get(guestDir);
@@ -55,7 +58,10 @@ public sealed partial class BackupStore
                 }
             }
             current.Backups[dirName] = cached;
-            result.Add(new BackupEntry(name, cached.Manifest));
+            if (includeMerging || !cached.Manifest.Merging)
+            {
+                result.Add(new BackupEntry(name, cached.Manifest));
+            }
         }
         if (current.Backups.Count == 0)
         {

@@ -56,13 +56,21 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
         }, settings.StatusTimeout, $"storage path '{Root}'", cancellationToken).ConfigureAwait(false);
     }
 
-    /// <summary>The manifest of a committed backup, or not-found.</summary>
-    public Manifest ReadManifest(VolumeName volume)
+    /// <summary>
+    /// The manifest of a committed backup, or not-found. A backup being merged away is not found either, unless
+    /// the caller walks a chain (it is still a layer of the backups it is being merged into) or finishes the merge.
+    /// </summary>
+    public Manifest ReadManifest(VolumeName volume, bool evenIfMerging = false)
     {
         var file = Path.Combine(BackupDir(volume), Manifest.FileName);
         try
         {
-            return Manifest.FromBytes(File.ReadAllBytes(file));
+            var manifest = Manifest.FromBytes(File.ReadAllBytes(file));
+            if (manifest.Merging && !evenIfMerging)
+            {
+                throw DirBackupException.NotFound($"backup '{volume}' is being deleted (merged into the backups based on it); free it again to finish");
+            }
+            return manifest;
         }
         catch (Exception e) when (e is FileNotFoundException or DirectoryNotFoundException)
         {

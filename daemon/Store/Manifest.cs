@@ -25,6 +25,11 @@ public sealed class Manifest
     [JsonPropertyName("archive")] public string? Archive { get; set; }
     [JsonPropertyName("guest-config")] public string? GuestConfig { get; set; }
     [JsonPropertyName("firewall-config")] public string? FirewallConfig { get; set; }
+    /// <summary>
+    /// Set while this backup is being deleted by merging it into the backups layered on it: its own images no
+    /// longer hold its contents, so it is neither listed nor restored, only finished off by the next delete or prune.
+    /// </summary>
+    [JsonPropertyName("merging"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingDefault)] public bool Merging { get; set; }
 
     [JsonExtensionData] public Dictionary<string, JsonElement>? Extra { get; set; }
 

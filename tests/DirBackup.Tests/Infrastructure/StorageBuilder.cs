@@ -49,13 +49,26 @@ public sealed class StorageBuilder
         return prepared;
     }
 
-    /// <summary>A VM backup whose disk is a real (empty) 4 GiB qcow2 image, for tests that export it.</summary>
-    public async Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time)
+    /// <summary>
+    /// A VM backup whose disk is a real 4 GiB qcow2 image, for tests that export or merge it: empty, or backed by
+    /// the parent's image as a backup writes it, then changed by the given qemu-io commands ("write -P 1 0 1M").
+    /// </summary>
+    public async Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time, string? parent = null, params string[] writes)
     {
-        var backup = AddVm(vmid, time);
+        var backup = AddVm(vmid, time, parent);
         var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
         File.Delete(image);
-        await SourceDisk.Run("qemu-img", "create", "-q", "-f", "qcow2", image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture));
+        var create = new List<string> { "create", "-q", "-f", "qcow2" };
+        if (parent is not null)
+        {
+            create.AddRange(["-u", "-b", $"../qemu-{parent}/drive-scsi0.qcow2", "-F", "qcow2"]);
+        }
+        create.AddRange([image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        await SourceDisk.Run("qemu-img", [.. create]);
+        if (writes.Length > 0)
+        {
+            await SourceDisk.Run("qemu-io", [.. writes.SelectMany(w => new[] { "-c", w }), "-f", "qcow2", image]);
+        }
         return backup;
     }
 

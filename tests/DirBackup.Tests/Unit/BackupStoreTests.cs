@@ -153,15 +153,17 @@ public sealed class BackupStoreTests : IDisposable
     }
 
     [Fact]
-    public async Task Delete_refuses_a_base_another_backup_depends_on_and_names_it()
+    public async Task Delete_of_a_base_whose_successor_fails_the_chain_checks_is_refused_names_it_and_changes_nothing()
     {
-        var base_ = _storage.AddVm(100, 1700000000);
+        var base_ = _storage.AddVm(100, 1700000000); // images of 4 KiB of zeroes: not qcow2
         _storage.AddVm(100, 1700000100, parent: "1700000000");
         var before = Snapshot();
         var e = await Assert.ThrowsAsync<DirBackupException>(() => _store.DeleteAsync(base_.Volume, default));
-        Assert.Equal(ErrorCode.HasDependents, e.Code);
-        Assert.Contains("backup/100/qemu-1700000100", e.Message, StringComparison.Ordinal);
+        Assert.Equal(ErrorCode.IoError, e.Code);
+        Assert.Contains("by merging it into 'backup/100/qemu-1700000100'", e.Message, StringComparison.Ordinal);
+        Assert.Contains("is not in qcow2 format", e.Message, StringComparison.Ordinal);
         Assert.Equal(before, Snapshot());
+        Assert.Equal(2, _store.ListBackups(100).Count);
     }
 
     [Fact]

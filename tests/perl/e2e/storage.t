@@ -217,7 +217,8 @@ subtest 'free_image of a protected backup' => sub {
     $plugin->update_volume_attribute($scfg, $storeid, $v, 'protected', 0) if !$was_protected;
 };
 
-subtest 'free_image of a backup another one depends on' => sub {
+# The fixture's images are not qcow2, so the daemon cannot merge the parent into its dependent and refuses.
+subtest 'free_image of a backup another one depends on, when merging is impossible' => sub {
     my ($parent) = grep { $has_dependent{ $_->{volname} } } @backups;
     return fail('fixture has a backup that another names as parent') if !$parent;
     my $v = $parent->{volname};
@@ -230,6 +231,7 @@ subtest 'free_image of a backup another one depends on' => sub {
     # by volume name, volid or archive name: all contain '<type>-<epoch>'
     my $named = grep { my ($last) = $_->{volname} =~ m!([^/]+)$!; index($err, $last) >= 0 } @dependents;
     ok($named, 'the message names the dependent') or diag("dependents: @{[ map { $_->{volname} } @dependents ]}");
+    like($err, qr/not in qcow2 format/, 'the message says why the merge is impossible');
     is_deeply(listing(), $before, 'listing unchanged');
     ok(-d $path, 'still on disk');
 
