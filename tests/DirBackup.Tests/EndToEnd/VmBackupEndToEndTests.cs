@@ -111,6 +111,57 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
     }
 
     /// <summary>
+    /// Four runs of a vzdump job with keep-last=2: from the third on, the job's prune merges the oldest backup into
+    /// the next one. The two kept backups must restore byte for byte as the disk was, and every run after a merge
+    /// must still be incremental: QEMU's bitmap is relative to the newest backup, whose contents a merge never changes.
+    /// </summary>
+    [Fact]
+    public async Task Retention_merges_the_oldest_backup_into_the_next_and_the_kept_ones_restore_byte_for_byte()
+    {
+        var storage = daemon.NewStorage("keep");
+        var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:keep");
+        var store = new BackupStore(new StorageConfig("keep", storage.Root), new StoreSettings());
+        await disk.WriteAsync("write -P 0xa1 0 8M", "write -P 0xb2 40M 3M");
+        string[] changes = ["write -P 0xc3 4M 1M", "write -z 40M 1M", "write -P 0xd4 63M 1M"];
+        var states = new Dictionary<long, string>();
+        for (int i = 0; i < 4; i++)
+        {
+            if (i > 0)
+            {
+                await disk.WriteAsync(changes[i - 1]);
+            }
+            long time = 1700000000 + (i * 100);
+            await using (var access = await disk.OpenBackupAccessAsync(Device))
+            {
+                var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, time, keepLast: 2);
+                Assert.True(run.ExitCode == 0, run.Log);
+                Assert.Equal(i == 0 ? "new" : "use", run.Output["incremental"]![Device]!.GetValue<string>());
+                var log = run.Output["log"]!.AsArray().Select(l => l!.GetValue<string>()).ToList();
+                if (i >= 2)
+                {
+                    Assert.Contains($"info: merging 'keep:backup/100/qemu-{time - 200}' into 'keep:backup/100/qemu-{time - 100}' ({Device})", log);
+                }
+                states[time] = access.FrozenState;
+            }
+            await disk.CommitBitmapAsync();
+        }
+
+        using var client = daemon.Connect();
+        var list = client.Call("list_volumes", Json.Params(storage, ("vmid", 100)))!.AsArray();
+        Assert.Equal(["keep:backup/100/qemu-1700000200", "keep:backup/100/qemu-1700000300"], list.Select(v => v!["volid"]!.GetValue<string>()));
+        Assert.Null(store.ReadManifest(VolumeName.Parse("backup/100/qemu-1700000200")).Devices.Single().Parent);
+        Assert.Equal("qemu-1700000200", store.ReadManifest(VolumeName.Parse("backup/100/qemu-1700000300")).Devices.Single().Parent);
+        Assert.Equal(1L << 20, BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000300")));
+        foreach (var time in new long[] { 1700000200, 1700000300 })
+        {
+            var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, $"backup/100/qemu-{time}", Path.Combine(storage.Root + "-vm", $"restore-{time}"));
+            Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
+            var raw = restore.Output["restored"]![Device]!.GetValue<string>();
+            await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", raw, states[time]], CancellationToken.None);
+        }
+    }
+
+    /// <summary>
     /// A UEFI VM: a data disk and an EFI vars disk of 528 KiB (PVE's size for 4 MiB OVMF images), which ends in a
     /// partial 64 KiB block. One NBD server exports both, as QEMU does; each backup must equal both disks, the
     /// incremental read only what changed in each, and the restore give both back byte for byte.

@@ -46,12 +46,12 @@ public static class VzdumpVm
     }
 
     public static Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
-        string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null) =>
-        RunAsync(daemonSocket, storage, vmid, [(device, size)], nbdPath, bitmap, startTime, notes, bwlimit, logFile);
+        string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null, int? keepLast = null) =>
+        RunAsync(daemonSocket, storage, vmid, [(device, size)], nbdPath, bitmap, startTime, notes, bwlimit, logFile, keepLast);
 
     /// <summary>Several disks of one VM, all exported by one NBD server as QEMU does.</summary>
     public static async Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, IReadOnlyList<(string Device, long Size)> devices,
-        string nbdPath, string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null)
+        string nbdPath, string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null, int? keepLast = null)
     {
         var config = Path.Combine(storage.Root, "..", $"vm-{vmid}-{startTime}.conf");
         var drives = devices.Select((d, i) => (Drive: d.Device["drive-".Length..], d.Device, d.Size, Index: i)).ToList();
@@ -84,6 +84,10 @@ public static class VzdumpVm
         if (logFile is not null)
         {
             args.AddRange(["--log", logFile]);
+        }
+        if (keepLast is not null)
+        {
+            args.AddRange(["--keep-last", keepLast.Value.ToString(CultureInfo.InvariantCulture)]);
         }
         return await RunPerlAsync(daemonSocket, args.Skip(5).ToList());
     }

@@ -1,6 +1,7 @@
 using System.Text.Json.Nodes;
 using DirBackup.Errors;
 using DirBackup.Qemu;
+using DirBackup.Restore;
 using DirBackup.Store;
 using DirBackup.Tests.Infrastructure;
 using Xunit;
@@ -619,6 +620,40 @@ public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
         Assert.Equal(["backup/100/qemu-1700000000"], client.Call("list_volumes", Json.Params(storage))!.AsArray().Select(v => v!["volid"]!.GetValue<string>().Split(':')[1]));
         Assert.Empty(Directory.EnumerateDirectories(Path.Combine(storage.Root, "100"), ".staging-*"));
         Assert.Equal(record, File.ReadAllBytes(Path.Combine(storage.Root, "100", "incremental.json")));
+    }
+
+    [Fact]
+    public async Task A_merge_that_runs_out_of_space_fails_clearly_keeps_the_newer_backup_whole_and_finishes_once_there_is_room()
+    {
+        var storage = await SmallStorageAsync();
+        var store = new BackupStore(new StorageConfig("small", storage.Root), new StoreSettings());
+        var full = await storage.AddVmWithImageAsync(100, 1700000000, null, "write -P 0x11 0 2M");
+        var next = await storage.AddVmWithImageAsync(100, 1700086400, "1700000000", "write -P 0x22 4M 8M");
+        var nextImage = Path.Combine(next.Directory, "drive-scsi0.qcow2");
+        var expected = Dir.Combine("expected.raw");
+        await SourceDisk.Run("qemu-img", "convert", "-O", "raw", nextImage, expected);
+        // Leave 2 MiB: the merge has to write the newer backup's 8 MiB into the older image.
+        var filler = Path.Combine(storage.Root, "filler");
+        await SourceDisk.Run("fallocate", "-l", (new DriveInfo(storage.Root).AvailableFreeSpace - (2 << 20)).ToString(System.Globalization.CultureInfo.InvariantCulture), filler);
+
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => store.DeleteAsync(full.Volume, default));
+
+        Assert.Equal(ErrorCode.IoError, e.Code);
+        Assert.Contains("No space left on device", e.Message, StringComparison.Ordinal);
+        Assert.Contains("stays hidden until a delete of it finishes the merge", e.Message, StringComparison.Ordinal);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Equal([next.Volume], store.ListBackups(100).Select(b => b.Volume));
+        Assert.Equal("qemu-1700000000", store.ReadManifest(next.Volume).Devices.Single().Parent);
+        await ChainBuilder.BuildAsync(store, next.Volume, "drive-scsi0", default);
+        await SourceDisk.Run("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", expected, nextImage);
+
+        File.Delete(filler);
+        await store.DeleteAsync(full.Volume, default);
+
+        Assert.False(Directory.Exists(full.Directory));
+        Assert.Null(store.ReadManifest(next.Volume).Devices.Single().Parent);
+        await ChainBuilder.BuildAsync(store, next.Volume, "drive-scsi0", default);
+        await SourceDisk.Run("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", expected, nextImage);
     }
 
     private async Task<StorageBuilder> SmallStorageAsync()
