@@ -92,7 +92,7 @@ public sealed partial class BackupStore
         }
         catch (Exception e) when (e is IOException or DirBackupException { Code: ErrorCode.IoError })
         {
-            throw DirBackupException.Io($"merging '{volume}' into '{dependent.Backup}' failed ({e.Message}); '{volume}' stays hidden until a delete of it finishes the merge");
+            throw DirBackupException.Io($"merging '{volume}' into '{dependent.Backup}' failed ({e.Message}); '{dependent.Backup}' reads as before, '{volume}' is no longer listed, and 'pvesm free {volume.VolId(config.StoreId)}' or the next prune of guest {volume.VmId} finishes the merge");
         }
     }
 
@@ -114,11 +114,24 @@ public sealed partial class BackupStore
     private static string? ParentOf(Manifest manifest, string device) =>
         manifest.Devices.FirstOrDefault(d => d.Name == device)?.Parent;
 
-    /// <summary>The committed images whose backing file is one of this backup's images.</summary>
-    private List<DependentImage> DependentImages(VolumeName volume) =>
-        ListBackups(volume.VmId)
+    /// <summary>
+    /// The committed images whose backing file is one of this backup's images. A dependent that is itself being
+    /// merged away is finished first: its own merge has to run through this backup's images.
+    /// </summary>
+    private List<DependentImage> DependentImages(VolumeName volume)
+    {
+        var dependents = ListBackups(volume.VmId, includeMerging: true)
+            .Where(b => b.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
+            .ToList();
+        foreach (var unfinished in dependents.Where(b => b.Manifest.Merging).Select(b => b.Volume))
+        {
+            throw new DirBackupException(ErrorCode.HasDependents,
+                $"cannot remove backup '{volume}': '{unfinished}', which is based on it, is still being merged away; free '{unfinished}' again to finish that first");
+        }
+        return dependents
             .SelectMany(b => b.Manifest.Devices.Where(d => d.Parent == volume.BackupDirName).Select(d => new DependentImage(b.Volume, d)))
             .ToList();
+    }
 
     /// <summary>What a backup's manifest counts as its size: its own files, not its parents'.</summary>
     public static long OwnFilesSize(string backupDir) =>

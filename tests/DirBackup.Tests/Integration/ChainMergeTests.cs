@@ -222,6 +222,22 @@ public sealed class ChainMergeTests : IDisposable
     }
 
     [Fact]
+    public async Task A_base_of_a_backup_whose_own_merge_was_cut_short_is_refused_until_that_one_is_finished()
+    {
+        var (full, first, second) = await ChainAsync();
+        var secondBefore = await ContentOfAsync(second);
+        MarkMerging(first);
+
+        await AssertDeleteRefusedAsync(full, ErrorCode.HasDependents, "'backup/100/qemu-1700086400', which is based on it, is still being merged away");
+
+        await _store.DeleteAsync(first.Volume, default);
+        await _store.DeleteAsync(full.Volume, default);
+        Assert.Equal([second.Volume], _store.ListBackups(100).Select(b => b.Volume));
+        Assert.Null(ParentOf(second));
+        await AssertReadsAsAsync(second, secondBefore);
+    }
+
+    [Fact]
     public async Task Prune_removes_a_chain_oldest_first_each_merge_carrying_one_backup_and_the_kept_one_reads_as_before()
     {
         var chain = await ChainAsync();

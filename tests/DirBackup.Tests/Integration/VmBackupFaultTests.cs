@@ -640,7 +640,7 @@ public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
 
         Assert.Equal(ErrorCode.IoError, e.Code);
         Assert.Contains("No space left on device", e.Message, StringComparison.Ordinal);
-        Assert.Contains("stays hidden until a delete of it finishes the merge", e.Message, StringComparison.Ordinal);
+        Assert.Contains("'backup/100/qemu-1700000000' is no longer listed, and 'pvesm free small:backup/100/qemu-1700000000' or the next prune of guest 100 finishes the merge", e.Message, StringComparison.Ordinal);
         Assert.DoesNotContain('\n', e.Message);
         Assert.Equal([next.Volume], store.ListBackups(100).Select(b => b.Volume));
         Assert.Equal("qemu-1700000000", store.ReadManifest(next.Volume).Devices.Single().Parent);
