@@ -106,6 +106,7 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         }
 
         var restore = await RestoreAsync(socket, 200 + Runs);
+        var merges = await MergeAsync(socket, 200 + Runs);
         long peakKiB = PeakRssKiB(daemon.Id);
         Process.Start("kill", ["-TERM", daemon.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
         await daemon.WaitForExitAsync();
@@ -134,6 +135,11 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         PrintRestore(restore.ExportToFile, restore.DirectToFile, "(target at least 0.90x)");
         Console.WriteLine("  into QEMU's null target, the reading alone:");
         PrintRestore(restore.ExportToNull, restore.DirectToNull, "");
+        Console.WriteLine();
+        Console.WriteLine($"Deleting the oldest backup of that chain, merged into the next one (an incremental of the 2% rewrite), {MergeRuns} times");
+        Console.WriteLine($"  free_image (qemu-img commit of the newer image into the older, then a rename)   {Tools.Median(merges.Ours),6:0.00} s  (runs {Spread(merges.Ours)})");
+        Console.WriteLine($"  qemu-img rebase of the newer image onto no base (the older one's data copied)  {Tools.Median(merges.Rebase),6:0.00} s  (runs {Spread(merges.Rebase)})");
+        Console.WriteLine($"  ratio {Tools.Median(merges.Rebase) / Tools.Median(merges.Ours):0.0}x; within each run {Spread(Ratios(merges.Rebase, merges.Ours))}");
         Console.WriteLine();
         Console.WriteLine($"daemon peak RSS over all the VM runs above: {peakKiB / 1024.0:0.0} MiB (target under 300 MiB)");
     }
@@ -186,6 +192,36 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         rpc.Call("restore_vm_volume_cleanup", new JsonObject { ["storeid"] = "bench", ["scfg"] = scfg.DeepClone(), ["volname"] = volname, ["device"] = Device, ["info"] = new JsonObject() });
         rpc.Call("restore_vm_cleanup", new JsonObject { ["storeid"] = "bench", ["scfg"] = scfg.DeepClone(), ["volname"] = volname });
         return new RestoreTimes(times[0], times[1], times[2], times[3]);
+    }
+
+    private const int MergeRuns = 3;
+
+    /// <summary>
+    /// Deletes the chain's oldest backup, again and again: each delete merges the next backup's image into it. The
+    /// reference, timed just before on a copy of that next image, is the other way to make it stand alone: rebasing
+    /// it onto nothing, which copies everything the older backup holds. Both end synced.
+    /// </summary>
+    private async Task<(List<double> Ours, List<double> Rebase)> MergeAsync(string daemonSocket, int vmid)
+    {
+        var storage = Path.GetFullPath(Path.Combine(Vm, "store"));
+        using var rpc = new BenchRpc(daemonSocket);
+        var ours = new List<double>();
+        var rebase = new List<double>();
+        for (int run = 0; run < MergeRuns; run++)
+        {
+            var chain = Directory.EnumerateDirectories(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture)), "qemu-*").Order().ToList();
+            var copy = Path.Combine(chain[1], "rebased.qcow2");
+            File.Copy(Path.Combine(chain[1], Device + ".qcow2"), copy);
+            rebase.Add(await Tools.TimeSettledAsync(repo, Out, () => Run("qemu-img", ["rebase", "-q", "-f", "qcow2", "-b", "", copy]), syncAfter: true));
+            File.Delete(copy);
+            var volname = $"backup/{vmid}/{Path.GetFileName(chain[0])}";
+            ours.Add(await Tools.TimeSettledAsync(repo, Out, () =>
+            {
+                rpc.Call("free_image", new JsonObject { ["storeid"] = "bench", ["scfg"] = new JsonObject { ["path"] = storage }, ["volname"] = volname, ["isBase"] = 0 });
+                return Task.CompletedTask;
+            }, syncAfter: true));
+        }
+        return (ours, rebase);
     }
 
     /// <summary>The few raw JSON-RPC calls the restore benchmark makes (PVE's qmrestore would make them through the shim).</summary>
