@@ -24,6 +24,7 @@ public sealed class ContainerMounts(string exportDir)
             {
                 return existing;
             }
+            InUse.Acquire(store.Root, volume);
             var mountpoint = Path.Combine(exportDir, $"ct-{volume.VmId}-{volume.BackupDirName}-{Guid.NewGuid():N}");
             Directory.CreateDirectory(mountpoint);
             try
@@ -33,9 +34,9 @@ public sealed class ContainerMounts(string exportDir)
             catch
             {
                 Directory.Delete(mountpoint);
+                InUse.Release(store.Root, volume);
                 throw;
             }
-            InUse.Acquire(store.Root, volume);
             _mounts[(store.Root, volume)] = mountpoint;
             return mountpoint;
         }

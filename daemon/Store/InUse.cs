@@ -44,7 +44,8 @@ public static class InUse
         return new MergeClaim(key);
     }
 
-    private static void Release(string root, VolumeName volume)
+    /// <summary>Gives back one <see cref="Acquire"/> whose use never started.</summary>
+    public static void Release(string root, VolumeName volume)
     {
         if (Uses.AddOrUpdate((root, volume), 0, (_, n) => n - 1) <= 0)
         {
