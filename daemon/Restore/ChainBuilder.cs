@@ -19,6 +19,7 @@ public static class ChainBuilder
         var layers = new List<ChainLayer>();
         var current = volume;
         var seen = new HashSet<VolumeName>();
+        VolumeName? merging = null;
         while (true)
         {
             if (!seen.Add(current))
@@ -26,6 +27,10 @@ public static class ChainBuilder
                 throw DirBackupException.Io($"backup '{volume}': the chain of '{device}' loops at '{current}'");
             }
             var manifest = store.ReadManifest(current, evenIfMerging: current != volume);
+            if (manifest.Merging)
+            {
+                merging ??= current;
+            }
             var entry = manifest.Devices.FirstOrDefault(d => d.Name == device)
                 ?? throw (current == volume
                     ? DirBackupException.InvalidParams($"backup '{volume}' has no device '{device}' (it has {string.Join(", ", manifest.Devices.Select(d => d.Name))})")
@@ -46,9 +51,17 @@ public static class ChainBuilder
             current = next;
         }
         layers.Reverse();
-        foreach (var layer in layers)
+        try
         {
-            await CheckLayerAsync(layer, cancellationToken).ConfigureAwait(false);
+            foreach (var layer in layers)
+            {
+                await CheckLayerAsync(layer, cancellationToken).ConfigureAwait(false);
+            }
+        }
+        catch (DirBackupException e) when (e.Code == ErrorCode.IoError && merging is VolumeName cutShort)
+        {
+            // A merge cut short between moving the merged image and recording it leaves the catalog one step behind.
+            throw DirBackupException.Io($"{e.Message} (the chain runs through '{cutShort}', whose deletion was cut short; 'pvesm free {cutShort.VolId(store.Config.StoreId)}' finishes it, then try again)", e);
         }
         return layers;
     }

@@ -191,6 +191,8 @@ public sealed class ChainMergeTests : IDisposable
         var hidden = Assert.Throws<DirBackupException>(() => _store.ReadManifest(full.Volume));
         Assert.Equal(ErrorCode.NotFound, hidden.Code);
         Assert.Contains("is being deleted", hidden.Message, StringComparison.Ordinal);
+        var restore = await Assert.ThrowsAsync<DirBackupException>(() => ChainBuilder.BuildAsync(_store, first.Volume, Device, default));
+        Assert.EndsWith("(the chain runs through 'backup/100/qemu-1700000000', whose deletion was cut short; 'pvesm free test:backup/100/qemu-1700000000' finishes it, then try again)", restore.Message, StringComparison.Ordinal);
 
         await _store.DeleteAsync(full.Volume, default);
 
