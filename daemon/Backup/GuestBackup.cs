@@ -87,7 +87,7 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
         var staging = StagingDir;
         var manifestPath = Path.Combine(staging, Manifest.FileName);
         File.Delete(manifestPath);
-        manifest.Size = Directory.EnumerateFiles(staging).Sum(f => new FileInfo(f).Length);
+        manifest.Size = BackupStore.OwnFilesSize(staging);
         AtomicFile.WriteNew(manifestPath, manifest.ToBytes());
         Native.Libc.FsyncDirectory(staging);
         Directory.Move(staging, FinalDir);

@@ -123,7 +123,7 @@ public sealed partial class BackupStore
         var dependents = ListBackups(volume.VmId, includeMerging: true)
             .Where(b => b.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
             .ToList();
-        foreach (var unfinished in dependents.Where(b => b.Manifest.Merging).Select(b => b.Volume))
+        if (dependents.Where(b => b.Manifest.Merging).Select(b => (VolumeName?)b.Volume).FirstOrDefault() is VolumeName unfinished)
         {
             throw new DirBackupException(ErrorCode.HasDependents,
                 $"cannot remove backup '{volume}': '{unfinished}', which is based on it, is still being merged away; free '{unfinished}' again to finish that first");
