@@ -68,7 +68,7 @@ Task("Bench")
 });
 
 Task("Run")
-    .Description("The main job: two backups of a generated VM disk (full, then incremental) through the Perl shim and the daemon, listed and checked")
+    .Description("The main job: three backups of a generated VM disk (full, incremental, incremental with keep-last=2, which merges the first into the second) through the Perl shim and the daemon, listed, checked and restored")
     .IsDependentOn("Build")
     .Does(() =>
 {
