@@ -15,7 +15,7 @@ public sealed class BackupSessions
     public async Task<GuestBackup> StartAsync(BackupStore store, VolumeName volume, object owner, CancellationToken closed)
     {
         Directory.CreateDirectory(store.GuestDir(volume.VmId));
-        var guestLock = await FileLock.AcquireAsync(Path.Combine(store.GuestDir(volume.VmId), ".backup.lock"),
+        var guestLock = await FileLock.AcquireAsync(store.BackupLockPath(volume.VmId),
             $"backup of guest {volume.VmId} on storage '{store.Config.StoreId}'", TimeSpan.Zero, CancellationToken.None).ConfigureAwait(false);
         var session = new GuestBackup(store, volume, guestLock, owner);
         try
@@ -24,7 +24,7 @@ public sealed class BackupSessions
             {
                 throw new DirBackupException(ErrorCode.InvalidParams, $"backup '{volume}' already exists; start the next backup of guest {volume.VmId} a second later");
             }
-            RemoveLeftoverStaging(store, volume.VmId);
+            store.RemoveLeftoverStaging(volume.VmId);
             Directory.CreateDirectory(session.StagingDir);
             var key = (store.Root, volume.VmId);
             if (_sessions.TryGetValue(key, out var old))
@@ -75,15 +75,6 @@ public sealed class BackupSessions
         if (!session.Running)
         {
             End(session);
-        }
-    }
-
-    /// <summary>A staging directory left by a crash; safe to remove while this guest's backup lock is held.</summary>
-    private static void RemoveLeftoverStaging(BackupStore store, int vmid)
-    {
-        foreach (var dir in Directory.EnumerateDirectories(store.GuestDir(vmid), ".staging-*"))
-        {
-            Directory.Delete(dir, recursive: true);
         }
     }
 }

@@ -12,7 +12,7 @@ public sealed class GuestBackup(BackupStore store, VolumeName volume, FileLock b
     public BackupStore Store => store;
     public VolumeName Volume => volume;
     public object Owner => owner;
-    public string StagingDir => Path.Combine(store.GuestDir(volume.VmId), ".staging-" + volume.BackupDirName);
+    public string StagingDir => Path.Combine(store.GuestDir(volume.VmId), BackupStore.StagingPrefix + volume.BackupDirName);
     public string FinalDir => store.BackupDir(volume);
 
     /// <summary>The backup is on disk under its final name; nothing may remove it on a later failure.</summary>

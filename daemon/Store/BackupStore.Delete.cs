@@ -26,6 +26,7 @@ public sealed partial class BackupStore
             {
                 throw new DirBackupException(ErrorCode.Protected, $"cannot remove protected backup '{volume}' on '{config.StoreId}': remove the protection first");
             }
+            await ClearLeftoverStagingAsync(volume.VmId, cancellationToken).ConfigureAwait(false);
             var inProgress = BackupsInProgressOn(volume).ToList();
             if (inProgress.Count > 0)
             {
@@ -50,7 +51,7 @@ public sealed partial class BackupStore
     /// <summary>Backups being written whose provisional manifest names this one as a parent.</summary>
     private IEnumerable<string> BackupsInProgressOn(VolumeName volume)
     {
-        foreach (var dir in Directory.EnumerateDirectories(GuestDir(volume.VmId), ".staging-*"))
+        foreach (var dir in Directory.EnumerateDirectories(GuestDir(volume.VmId), StagingPattern))
         {
             Manifest manifest;
             try
@@ -63,7 +64,7 @@ public sealed partial class BackupStore
             }
             if (manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
             {
-                yield return $"the backup in progress {Path.GetFileName(dir)[".staging-".Length..]}";
+                yield return $"the backup in progress {Path.GetFileName(dir)[StagingPrefix.Length..]}";
             }
         }
     }

@@ -94,7 +94,7 @@ public sealed partial class BackupStore
             return [];
         }
         var parents = new List<string>();
-        foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), ".staging-*"))
+        foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern))
         {
             try
             {

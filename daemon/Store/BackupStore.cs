@@ -88,6 +88,48 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
         ManifestCache.Invalidate(GuestDir(volume.VmId));
     }
 
+    /// <summary>Held by a guest's backup from backup_init to its end: one backup of a guest at a time.</summary>
+    public string BackupLockPath(int vmid) => Path.Combine(GuestDir(vmid), ".backup.lock");
+
+    /// <summary>Staging directories of a guest; only call with the guest's backup lock held, so none of them is in use.</summary>
+    public void RemoveLeftoverStaging(int vmid)
+    {
+        foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern))
+        {
+            Directory.Delete(dir, recursive: true);
+        }
+    }
+
+    /// <summary>A backup being written lives in &lt;guest&gt;/.staging-&lt;backup dir&gt; until its commit renames it.</summary>
+    public const string StagingPrefix = ".staging-";
+    private const string StagingPattern = StagingPrefix + "*";
+
+    /// <summary>
+    /// A crash leaves a staging directory behind until the guest's next backup. So that it never passes for a
+    /// backup in progress, it goes as soon as the guest's backup lock shows that no backup runs. The lock is only
+    /// tried, never waited for: the caller holds the guest lock, which a starting backup takes after this one.
+    /// </summary>
+    private async Task ClearLeftoverStagingAsync(int vmid, CancellationToken cancellationToken)
+    {
+        if (!Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern).Any())
+        {
+            return;
+        }
+        FileLock idle;
+        try
+        {
+            idle = await FileLock.AcquireAsync(BackupLockPath(vmid), $"backup of guest {vmid}", TimeSpan.Zero, cancellationToken).ConfigureAwait(false);
+        }
+        catch (DirBackupException e) when (e.Code == ErrorCode.Busy)
+        {
+            return;
+        }
+        using (idle)
+        {
+            RemoveLeftoverStaging(vmid);
+        }
+    }
+
     /// <summary>The per-guest lock for short changes: manifest edits, deletion, chain changes.</summary>
     public Task<FileLock> LockGuestAsync(int vmid, CancellationToken cancellationToken) =>
         FileLock.AcquireAsync(Path.Combine(GuestDir(vmid), LockFileName), $"guest {vmid} on storage '{config.StoreId}'", settings.LockWait, cancellationToken);

@@ -151,19 +151,41 @@ public sealed class ChainMergeTests : IDisposable
         InUse.ReleaseAll(_storage.Root, restored);
     }
 
+    /// <summary>What a backup of guest 100 writes first: its staging directory with a manifest naming its parent.</summary>
+    private string StageBackup(long time, string parent)
+    {
+        var staging = Path.Combine(_storage.Root, "100", BackupStore.StagingPrefix + $"qemu-{time}");
+        Directory.CreateDirectory(staging);
+        File.WriteAllBytes(Path.Combine(staging, Manifest.FileName), new Manifest
+        {
+            VmId = 100, Type = "qemu", BackupTime = time,
+            Devices = [new ManifestDevice { Name = Device, Size = 4L << 30, File = Device + ".qcow2", Parent = parent }],
+        }.ToBytes());
+        return staging;
+    }
+
     [Fact]
     public async Task A_merge_is_refused_while_a_backup_of_the_guest_is_in_progress_and_nothing_changes()
     {
         var (full, _, _) = await ChainAsync();
-        var staging = Path.Combine(_storage.Root, "100", ".staging-qemu-1700259200");
-        Directory.CreateDirectory(staging);
-        File.WriteAllBytes(Path.Combine(staging, Manifest.FileName), new Manifest
-        {
-            VmId = 100, Type = "qemu", BackupTime = 1700259200,
-            Devices = [new ManifestDevice { Name = Device, Size = 4L << 30, File = Device + ".qcow2", Parent = "qemu-1700172800" }],
-        }.ToBytes());
+        StageBackup(1700259200, "qemu-1700172800");
+        using var running = await FileLock.AcquireAsync(_store.BackupLockPath(100), "a backup", TimeSpan.Zero, default);
 
         await AssertDeleteRefusedAsync(full, ErrorCode.Busy, "a backup of guest 100 is in progress");
+    }
+
+    [Fact]
+    public async Task A_staging_directory_a_crash_left_does_not_block_a_merge_and_goes()
+    {
+        var (full, first, _) = await ChainAsync();
+        var firstBefore = await ContentOfAsync(first);
+        var leftover = StageBackup(1700259200, "qemu-1700000000");
+
+        await _store.DeleteAsync(full.Volume, default);
+
+        Assert.False(Directory.Exists(leftover));
+        Assert.False(Directory.Exists(full.Directory));
+        await AssertReadsAsAsync(first, firstBefore);
     }
 
     [Fact]
