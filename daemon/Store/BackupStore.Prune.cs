@@ -38,6 +38,10 @@ public sealed partial class BackupStore
         var results = new List<PruneEntry>();
         foreach (var group in entries.GroupBy(b => (b.Volume.VmId, b.Volume.Type)))
         {
+            if (!dryRun)
+            {
+                await ClearLeftoverStagingAsync(group.Key.VmId, cancellationToken).ConfigureAwait(false);
+            }
             var marks = group.Select(b => new PruneEntry(b.Volume, b.Manifest.Protected)).ToList();
             PruneMarks.Mark(marks, keep, TimeZoneInfo.Local);
             foreach (var kept in KeepBasesOfBackupsInProgress(group.ToList(), marks))

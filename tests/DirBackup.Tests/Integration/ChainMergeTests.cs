@@ -174,17 +174,29 @@ public sealed class ChainMergeTests : IDisposable
         await AssertDeleteRefusedAsync(full, ErrorCode.Busy, "a backup of guest 100 is in progress");
     }
 
-    [Fact]
-    public async Task A_staging_directory_a_crash_left_does_not_block_a_merge_and_goes()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task A_staging_directory_a_crash_left_does_not_block_a_merge_and_goes(bool byPrune)
     {
-        var (full, first, _) = await ChainAsync();
+        var (full, first, second) = await ChainAsync();
         var firstBefore = await ContentOfAsync(first);
         var leftover = StageBackup(1700259200, "qemu-1700000000");
 
-        await _store.DeleteAsync(full.Volume, default);
+        if (byPrune)
+        {
+            var keepTwo = new Dictionary<string, long> { ["keep-last"] = 2 };
+            await _store.PruneAsync(keepTwo, 100, GuestType.Qemu, dryRun: false, (_, message) => Log(message), default);
+            Assert.DoesNotContain(_log, l => l.Contains("in progress", StringComparison.Ordinal));
+        }
+        else
+        {
+            await _store.DeleteAsync(full.Volume, default);
+        }
 
         Assert.False(Directory.Exists(leftover));
         Assert.False(Directory.Exists(full.Directory));
+        Assert.Equal([first.Volume, second.Volume], _store.ListBackups(100).Select(b => b.Volume));
         await AssertReadsAsAsync(first, firstBefore);
     }
 
