@@ -107,7 +107,7 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
     /// <summary>
     /// A crash leaves a staging directory behind until the guest's next backup. So that it never passes for a
     /// backup in progress, it goes as soon as the guest's backup lock shows that no backup runs. The lock is only
-    /// tried, never waited for: the caller holds the guest lock, which a starting backup takes after this one.
+    /// tried, never waited for: a delete holds the guest lock meanwhile, and a backup takes the two the other way round.
     /// </summary>
     private async Task ClearLeftoverStagingAsync(int vmid, CancellationToken cancellationToken)
     {
