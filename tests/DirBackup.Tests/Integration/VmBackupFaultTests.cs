@@ -305,7 +305,9 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
     {
         var image = Staged(s, device + ".qcow2");
         var deadline = DateTime.UtcNow.AddSeconds(10);
-        while (!File.Exists(image) || QemuProcessesOn(image).Count == 0)
+        // Served means qemu-storage-daemon runs on it: while qemu-img is still creating it, its header may not
+        // name the backing file yet (qcow2 creation adds it last).
+        while (!File.Exists(image) || QemuProcessesOn(image, "qemu-storage-daemon").Count == 0)
         {
             Assert.True(DateTime.UtcNow < deadline, $"no target was started for {device}");
             await Task.Delay(20);
@@ -313,8 +315,8 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
         return image;
     }
 
-    /// <summary>qemu-storage-daemon or qemu-img processes whose command line names <paramref name="path"/>.</summary>
-    private static List<int> QemuProcessesOn(string path)
+    /// <summary>qemu-storage-daemon or qemu-img processes (or only <paramref name="tool"/>) whose command line names <paramref name="path"/>.</summary>
+    private static List<int> QemuProcessesOn(string path, string tool = "qemu-")
     {
         var pids = new List<int>();
         foreach (var dir in Directory.EnumerateDirectories("/proc"))
@@ -326,7 +328,7 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
             try
             {
                 var argv = File.ReadAllText(Path.Combine(dir, "cmdline")).Split('\0');
-                if (Path.GetFileName(argv[0]).StartsWith("qemu-", StringComparison.Ordinal) && argv.Any(a => a.Contains(path, StringComparison.Ordinal)))
+                if (Path.GetFileName(argv[0]).StartsWith(tool, StringComparison.Ordinal) && argv.Any(a => a.Contains(path, StringComparison.Ordinal)))
                 {
                     pids.Add(pid);
                 }
