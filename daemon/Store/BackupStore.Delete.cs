@@ -49,25 +49,10 @@ public sealed partial class BackupStore
     }
 
     /// <summary>Backups being written whose provisional manifest names this one as a parent.</summary>
-    private IEnumerable<string> BackupsInProgressOn(VolumeName volume)
-    {
-        foreach (var dir in Directory.EnumerateDirectories(GuestDir(volume.VmId), StagingPattern))
-        {
-            Manifest manifest;
-            try
-            {
-                manifest = Manifest.FromBytes(File.ReadAllBytes(Path.Combine(dir, Manifest.FileName)));
-            }
-            catch (Exception e) when (e is IOException or System.Text.Json.JsonException)
-            {
-                continue;
-            }
-            if (manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
-            {
-                yield return $"the backup in progress {Path.GetFileName(dir)[StagingPrefix.Length..]}";
-            }
-        }
-    }
+    private IEnumerable<string> BackupsInProgressOn(VolumeName volume) =>
+        StagedManifests(volume.VmId)
+            .Where(staged => staged.Manifest.Devices.Any(d => d.Parent == volume.BackupDirName))
+            .Select(staged => $"the backup in progress {staged.Backup}");
 
     /// <summary>A crash between the rename and the removal leaves a hidden directory; the next delete in that guest finishes it.</summary>
     private void RemoveDeletionLeftovers(int vmid)

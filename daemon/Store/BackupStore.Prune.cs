@@ -91,23 +91,5 @@ public sealed partial class BackupStore
         return kept;
     }
 
-    private IEnumerable<string> InProgressParents(int vmid)
-    {
-        if (!Directory.Exists(GuestDir(vmid)))
-        {
-            return [];
-        }
-        var parents = new List<string>();
-        foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern))
-        {
-            try
-            {
-                parents.AddRange(Manifest.FromBytes(File.ReadAllBytes(Path.Combine(dir, Manifest.FileName))).Parents);
-            }
-            catch (Exception e) when (e is IOException or System.Text.Json.JsonException)
-            {
-            }
-        }
-        return parents;
-    }
+    private IEnumerable<string> InProgressParents(int vmid) => StagedManifests(vmid).SelectMany(staged => staged.Manifest.Parents);
 }

@@ -104,6 +104,28 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
     public const string StagingPrefix = ".staging-";
     private const string StagingPattern = StagingPrefix + "*";
 
+    /// <summary>The provisional manifests of a guest's backups in progress, by backup directory name; a staging directory without a readable one yet is skipped.</summary>
+    private IEnumerable<(string Backup, Manifest Manifest)> StagedManifests(int vmid)
+    {
+        if (!Directory.Exists(GuestDir(vmid)))
+        {
+            yield break;
+        }
+        foreach (var dir in Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern))
+        {
+            Manifest manifest;
+            try
+            {
+                manifest = Manifest.FromBytes(File.ReadAllBytes(Path.Combine(dir, Manifest.FileName)));
+            }
+            catch (Exception e) when (e is IOException or JsonException)
+            {
+                continue;
+            }
+            yield return (Path.GetFileName(dir)[StagingPrefix.Length..], manifest);
+        }
+    }
+
     /// <summary>
     /// A crash leaves a staging directory behind until the guest's next backup. So that it never passes for a
     /// backup in progress, it goes as soon as the guest's backup lock shows that no backup runs. The lock is only

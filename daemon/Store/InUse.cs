@@ -45,19 +45,17 @@ public static class InUse
     }
 
     /// <summary>Gives back one <see cref="Acquire"/> whose use never started.</summary>
-    public static void Release(string root, VolumeName volume)
-    {
-        if (Uses.AddOrUpdate((root, volume), 0, (_, n) => n - 1) <= 0)
-        {
-            Uses.TryRemove(new KeyValuePair<(string, VolumeName), int>((root, volume), 0));
-        }
-    }
+    public static void Release(string root, VolumeName volume) => Decrement(Uses, (root, volume));
 
-    private static void EndMerge((string Root, int VmId) key)
+    private static void EndMerge((string Root, int VmId) key) => Decrement(Merges, key);
+
+    /// <summary>One holder fewer; the key goes with the last (unless another holder came back in between).</summary>
+    private static void Decrement<TKey>(ConcurrentDictionary<TKey, int> holders, TKey key)
+        where TKey : notnull
     {
-        if (Merges.AddOrUpdate(key, 0, (_, n) => n - 1) <= 0)
+        if (holders.AddOrUpdate(key, 0, (_, n) => n - 1) <= 0)
         {
-            Merges.TryRemove(new KeyValuePair<(string, int), int>(key, 0));
+            holders.TryRemove(new KeyValuePair<TKey, int>(key, 0));
         }
     }
 
