@@ -72,7 +72,7 @@ public sealed class BackupTarget
         long started = Stopwatch.GetTimestamp();
         await QemuImg.CreateAsync(Image, Size, VmDevice.BackingFileOf(Parent, Path.GetFileName(Image)), cancellationToken).ConfigureAwait(false);
         CreateTime = Stopwatch.GetElapsedTime(started);
-        var daemon = await StorageDaemon.ServeQcow2Async(Image, runtimeDir, scatteredWrites: Parent is not null, cancellationToken).ConfigureAwait(false);
+        var daemon = await StorageDaemon.ServeQcow2Async(Image, Size, runtimeDir, scatteredWrites: Parent is not null, cancellationToken).ConfigureAwait(false);
         ServeTime = Stopwatch.GetElapsedTime(started) - CreateTime;
         return daemon;
     }

@@ -1,6 +1,7 @@
 using System.Diagnostics;
 using System.Net.Sockets;
 using DirBackup.Errors;
+using DirBackup.Native;
 
 namespace DirBackup.Qemu;
 
@@ -47,15 +48,42 @@ public sealed class StorageDaemon : IAsyncDisposable
     /// </summary>
     private const string MallocTunables = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864";
 
-    public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, string runtimeDir, bool scatteredWrites, CancellationToken cancellationToken)
+    /// <summary>
+    /// A full backup appends to its image, and on ext4 each O_DIRECT write past the end of the file waits for the one
+    /// before to move the end. QEMU's preallocate filter reserves the space ahead in steps and gives back what is left
+    /// when QEMU closes the image: 1.6 GiB in 1 MiB writes, 16 in flight, into a fresh qcow2 took 0.67-0.78 s with it
+    /// and 1.16-1.31 s without (qemu-img bench, 4 runs each). QEMU 7.2 keeps a step the filesystem refused halfway
+    /// (ENOSPC) in the file for good, which can fill a storage the backup itself would have fitted on; so the filter
+    /// is used only where the whole disk and two steps fit in the free space. Scattered writes gain nothing from it.
+    /// </summary>
+    private const long GrowthStep = 128 << 20;
+
+    private static string? GrowthFilter(string imagePath, long virtualSize, bool scatteredWrites)
+    {
+        if (scatteredWrites || Libc.statvfs(Path.GetDirectoryName(Path.GetFullPath(imagePath))!, out var vfs) != 0)
+        {
+            return null;
+        }
+        long available = (long)vfs.f_bavail * (long)vfs.f_frsize;
+        long metadataBound = virtualSize / 4096 + (4 << 20);
+        if (available < virtualSize + metadataBound + 2 * GrowthStep)
+        {
+            return null;
+        }
+        long step = Math.Min(GrowthStep, (virtualSize + (1 << 20) - 1) & ~((1L << 20) - 1));
+        return $"driver=preallocate,node-name=grow0,file=file0,prealloc-size={step}";
+    }
+
+    public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, long virtualSize, string runtimeDir, bool scatteredWrites, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(runtimeDir);
         DirBackupException? last = null;
+        var growthFilter = GrowthFilter(imagePath, virtualSize, scatteredWrites);
         foreach (var ioMode in scatteredWrites ? ScatteredIoModes : BulkIoModes)
         {
             try
             {
-                return await StartAsync(imagePath, runtimeDir, ioMode, cancellationToken).ConfigureAwait(false);
+                return await StartAsync(imagePath, runtimeDir, ioMode, growthFilter, cancellationToken).ConfigureAwait(false);
             }
             catch (DirBackupException e) when (e.Code == ErrorCode.IoError)
             {
@@ -65,19 +93,24 @@ public sealed class StorageDaemon : IAsyncDisposable
         throw last!;
     }
 
-    private static async Task<StorageDaemon> StartAsync(string imagePath, string runtimeDir, string ioMode, CancellationToken cancellationToken)
+    private static async Task<StorageDaemon> StartAsync(string imagePath, string runtimeDir, string ioMode, string? growthFilter, CancellationToken cancellationToken)
     {
         var socket = Path.Combine(runtimeDir, $"qsd-{Guid.NewGuid():N}.sock");
         var psi = new ProcessStartInfo(Tool) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         psi.Environment["GLIBC_TUNABLES"] = MallocTunables;
-        foreach (var arg in new[]
+        var args = new List<string> { "--blockdev", $"driver=file,node-name=file0,filename={Escape(imagePath)},{ioMode}" };
+        if (growthFilter is not null)
         {
-            "--blockdev", $"driver=file,node-name=file0,filename={Escape(imagePath)},{ioMode}",
-            "--blockdev", "driver=qcow2,node-name=disk0,file=file0,discard=unmap",
+            args.AddRange(["--blockdev", growthFilter]);
+        }
+        args.AddRange(
+        [
+            "--blockdev", $"driver=qcow2,node-name=disk0,file={(growthFilter is null ? "file0" : "grow0")},discard=unmap",
             "--nbd-server", $"addr.type=unix,addr.path={Escape(socket)}",
             "--export", $"type=nbd,id=target,node-name=disk0,name={ExportName},writable=on",
             "--pidfile", socket + ".pid",
-        })
+        ]);
+        foreach (var arg in args)
         {
             psi.ArgumentList.Add(arg);
         }

@@ -16,7 +16,7 @@ public sealed class StorageDaemonTests : IDisposable
     {
         var image = _dir.Combine("disk.qcow2");
         await QemuImg.CreateAsync(image, 8 << 20, null, CancellationToken.None);
-        var target = await StorageDaemon.ServeQcow2Async(image, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
+        var target = await StorageDaemon.ServeQcow2Async(image, 8 << 20, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
         await using (target)
         {
             using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
@@ -32,10 +32,31 @@ public sealed class StorageDaemonTests : IDisposable
     }
 
     [Fact]
+    public async Task Space_reserved_ahead_of_a_full_backup_s_writes_is_given_back_when_the_target_stops()
+    {
+        var image = _dir.Combine("disk.qcow2");
+        await QemuImg.CreateAsync(image, 256 << 20, null, CancellationToken.None);
+        var target = await StorageDaemon.ServeQcow2Async(image, 256 << 20, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
+        await using (target)
+        {
+            using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
+            {
+                client.Write(Enumerable.Repeat((byte)0x5a, 65536).ToArray(), 32 << 20);
+                client.Flush();
+            }
+            Assert.True(new FileInfo(image).Length > 100 << 20, $"no space reserved ahead: the image file has {new FileInfo(image).Length} bytes");
+            await target.StopAsync();
+        }
+        var check = await ChildProcess.RunAsync(QemuImg.Tool, ["check", "--output=json", "-f", "qcow2", image], CancellationToken.None);
+        using var report = System.Text.Json.JsonDocument.Parse(check);
+        Assert.Equal(report.RootElement.GetProperty("image-end-offset").GetInt64(), new FileInfo(image).Length);
+    }
+
+    [Fact]
     public async Task A_missing_image_is_refused_in_one_line_that_names_it()
     {
         var missing = _dir.Combine("gone.qcow2");
-        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(missing, _dir.Combine("run"), scatteredWrites: true, CancellationToken.None));
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(missing, 8 << 20, _dir.Combine("run"), scatteredWrites: true, CancellationToken.None));
         Assert.Equal(ErrorCode.IoError, e.Code);
         Assert.Contains(missing, e.Message);
         Assert.DoesNotContain('\n', e.Message);
@@ -48,7 +69,7 @@ public sealed class StorageDaemonTests : IDisposable
         // A socket path longer than a Unix socket address holds: QEMU exits before it listens.
         var image = _dir.Combine("disk.qcow2");
         await QemuImg.CreateAsync(image, 8 << 20, null, CancellationToken.None);
-        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(image, _dir.Combine(new string('r', 120)), scatteredWrites: false, CancellationToken.None));
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => StorageDaemon.ServeQcow2Async(image, 8 << 20, _dir.Combine(new string('r', 120)), scatteredWrites: false, CancellationToken.None));
         Assert.Equal(ErrorCode.IoError, e.Code);
         Assert.StartsWith($"{StorageDaemon.Tool} exited: ", e.Message);
         Assert.DoesNotContain('\n', e.Message);
