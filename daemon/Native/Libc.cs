@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace DirBackup.Native;
 
-/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask.</summary>
+/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask, socket buffer sizes.</summary>
 internal static unsafe partial class Libc
 {
     private const string Lib = "libc";
@@ -46,6 +46,16 @@ internal static unsafe partial class Libc
 
     /// <summary>A call returned -1 because a signal arrived first: make it again.</summary>
     public static bool Interrupted(nint result) => result < 0 && Marshal.GetLastPInvokeError() == EINTR;
+
+    public const int SOL_SOCKET = 1;
+    public const int SO_SNDBUF = 7;
+    public const int SO_SNDBUFFORCE = 32;
+
+    [LibraryImport(Lib, EntryPoint = "setsockopt", SetLastError = true)]
+    public static partial int setsockopt(int fd, int level, int name, int* value, uint length);
+
+    [LibraryImport(Lib, EntryPoint = "getsockopt", SetLastError = true)]
+    public static partial int getsockopt(int fd, int level, int name, int* value, uint* length);
 
     [LibraryImport(Lib, EntryPoint = "statvfs", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int statvfs(string path, out StatVfs buf);

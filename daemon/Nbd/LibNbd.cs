@@ -32,6 +32,7 @@ internal static unsafe partial class LibNbd
     [LibraryImport(Lib)] public static partial long nbd_aio_trim(nint h, ulong count, ulong offset, CompletionCallback completion, uint flags);
     [LibraryImport(Lib)] public static partial int nbd_aio_command_completed(nint h, ulong cookie);
     [LibraryImport(Lib)] public static partial int nbd_poll(nint h, int timeout);
+    [LibraryImport(Lib)] public static partial int nbd_aio_get_fd(nint h);
 
     [LibraryImport(Lib)] public static partial int nbd_set_pread_initialize(nint h, [MarshalAs(UnmanagedType.U1)] bool request);
     [LibraryImport(Lib)] public static partial nint nbd_create();

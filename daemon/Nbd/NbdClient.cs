@@ -163,6 +163,37 @@ public sealed unsafe class NbdClient : IDisposable
         return failure;
     }
 
+    /// <summary>
+    /// Lets this connection queue <paramref name="bytes"/> of requests in the kernel. On a Unix socket the sender's
+    /// send buffer alone bounds what is in flight, and its default (208 KiB) splits every 1 MiB write into several
+    /// sleeps and wake-ups on both ends. Above net.core.wmem_max only root may ask (SO_SNDBUFFORCE); otherwise the
+    /// kernel's limit applies, which only costs speed.
+    /// </summary>
+    public void EnlargeSendQueue(int bytes)
+    {
+        int fd = LibNbd.nbd_aio_get_fd(Handle);
+        if (fd < 0)
+        {
+            return;
+        }
+        if (Native.Libc.setsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUFFORCE, &bytes, sizeof(int)) != 0)
+        {
+            Native.Libc.setsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUF, &bytes, sizeof(int));
+        }
+    }
+
+    /// <summary>What the kernel allows this connection to queue (twice the size asked for: it counts its bookkeeping too).</summary>
+    public int SendQueueSize
+    {
+        get
+        {
+            int size = 0;
+            uint length = sizeof(int);
+            int fd = LibNbd.nbd_aio_get_fd(Handle);
+            return fd >= 0 && Native.Libc.getsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUF, &size, &length) == 0 ? size : -1;
+        }
+    }
+
     public void Flush() => Check(LibNbd.nbd_flush(Handle, 0), "flush");
 
     /// <summary>

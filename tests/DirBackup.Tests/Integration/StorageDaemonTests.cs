@@ -14,9 +14,7 @@ public sealed class StorageDaemonTests : IDisposable
     [Fact]
     public async Task An_image_is_served_writable_and_flushed_when_stopped()
     {
-        var image = _dir.Combine("disk.qcow2");
-        await QemuImg.CreateAsync(image, 8 << 20, null, CancellationToken.None);
-        var target = await StorageDaemon.ServeQcow2Async(image, 8 << 20, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
+        var (image, target) = await ServeNewImageAsync(8 << 20);
         await using (target)
         {
             using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
@@ -34,9 +32,7 @@ public sealed class StorageDaemonTests : IDisposable
     [Fact]
     public async Task Space_reserved_ahead_of_a_full_backup_s_writes_is_given_back_when_the_target_stops()
     {
-        var image = _dir.Combine("disk.qcow2");
-        await QemuImg.CreateAsync(image, 256 << 20, null, CancellationToken.None);
-        var target = await StorageDaemon.ServeQcow2Async(image, 256 << 20, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None);
+        var (image, target) = await ServeNewImageAsync(256 << 20);
         await using (target)
         {
             using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
@@ -50,6 +46,20 @@ public sealed class StorageDaemonTests : IDisposable
         var check = await ChildProcess.RunAsync(QemuImg.Tool, ["check", "--output=json", "-f", "qcow2", image], CancellationToken.None);
         using var report = System.Text.Json.JsonDocument.Parse(check);
         Assert.Equal(report.RootElement.GetProperty("image-end-offset").GetInt64(), new FileInfo(image).Length);
+    }
+
+    [Fact]
+    public async Task A_writer_s_connection_queues_a_whole_work_unit_in_the_kernel()
+    {
+        var (_, target) = await ServeNewImageAsync(8 << 20);
+        await using (target)
+        {
+            using var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName);
+            int before = client.SendQueueSize;
+            client.EnlargeSendQueue(DirBackup.Backup.CopyPlan.ChunkSize);
+            Assert.True(client.SendQueueSize >= DirBackup.Backup.CopyPlan.ChunkSize, $"send queue {before} -> {client.SendQueueSize} bytes");
+            client.Write(Enumerable.Repeat((byte)0x33, DirBackup.Backup.CopyPlan.ChunkSize).ToArray(), 0);
+        }
     }
 
     [Fact]
@@ -73,6 +83,14 @@ public sealed class StorageDaemonTests : IDisposable
         Assert.Equal(ErrorCode.IoError, e.Code);
         Assert.StartsWith($"{StorageDaemon.Tool} exited: ", e.Message);
         Assert.DoesNotContain('\n', e.Message);
+    }
+
+    /// <summary>A fresh qcow2 of <paramref name="size"/> bytes, served as a full backup's target.</summary>
+    private async Task<(string Image, StorageDaemon Target)> ServeNewImageAsync(long size)
+    {
+        var image = _dir.Combine("disk.qcow2");
+        await QemuImg.CreateAsync(image, size, null, CancellationToken.None);
+        return (image, await StorageDaemon.ServeQcow2Async(image, size, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None));
     }
 
     public void Dispose() => _dir.Dispose();
