@@ -1,6 +1,7 @@
 using System.Runtime.CompilerServices;
 using System.Runtime.InteropServices;
 using DirBackup.Errors;
+using DirBackup.Native;
 
 namespace DirBackup.Nbd;
 
@@ -176,9 +177,9 @@ public sealed unsafe class NbdClient : IDisposable
         {
             return;
         }
-        if (Native.Libc.setsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUFFORCE, &bytes, sizeof(int)) != 0)
+        if (Libc.setsockopt(fd, Libc.SOL_SOCKET, Libc.SO_SNDBUFFORCE, &bytes, sizeof(int)) != 0)
         {
-            Native.Libc.setsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUF, &bytes, sizeof(int));
+            Libc.setsockopt(fd, Libc.SOL_SOCKET, Libc.SO_SNDBUF, &bytes, sizeof(int));
         }
     }
 
@@ -190,7 +191,7 @@ public sealed unsafe class NbdClient : IDisposable
             int size = 0;
             uint length = sizeof(int);
             int fd = LibNbd.nbd_aio_get_fd(Handle);
-            return fd >= 0 && Native.Libc.getsockopt(fd, Native.Libc.SOL_SOCKET, Native.Libc.SO_SNDBUF, &size, &length) == 0 ? size : -1;
+            return fd >= 0 && Libc.getsockopt(fd, Libc.SOL_SOCKET, Libc.SO_SNDBUF, &size, &length) == 0 ? size : -1;
         }
     }
 
