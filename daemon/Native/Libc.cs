@@ -22,6 +22,9 @@ internal static unsafe partial class Libc
         public ulong f_flag;
         public ulong f_namemax;
         public fixed int f_spare[6];
+
+        /// <summary>Bytes an unprivileged writer may still use.</summary>
+        public readonly long AvailableBytes => (long)f_bavail * (long)f_frsize;
     }
 
     [StructLayout(LayoutKind.Sequential)]

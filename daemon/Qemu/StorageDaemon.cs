@@ -58,32 +58,32 @@ public sealed class StorageDaemon : IAsyncDisposable
     /// </summary>
     private const long GrowthStep = 128 << 20;
 
-    private static string? GrowthFilter(string imagePath, long virtualSize, bool scatteredWrites)
+    /// <summary>The preallocate filter's step for this image, or null where the filter is not used.</summary>
+    private static long? GrowthStepFor(string imagePath, long virtualSize, bool scatteredWrites)
     {
         if (scatteredWrites || Libc.statvfs(Path.GetDirectoryName(Path.GetFullPath(imagePath))!, out var vfs) != 0)
         {
             return null;
         }
-        long available = (long)vfs.f_bavail * (long)vfs.f_frsize;
         long metadataBound = virtualSize / 4096 + (4 << 20);
-        if (available < virtualSize + metadataBound + 2 * GrowthStep)
+        if (vfs.AvailableBytes < virtualSize + metadataBound + 2 * GrowthStep)
         {
             return null;
         }
-        long step = Math.Min(GrowthStep, (virtualSize + (1 << 20) - 1) & ~((1L << 20) - 1));
-        return $"driver=preallocate,node-name=grow0,file=file0,prealloc-size={step}";
+        const long MiB = 1 << 20;
+        return Math.Min(GrowthStep, (virtualSize + MiB - 1) / MiB * MiB);
     }
 
     public static async Task<StorageDaemon> ServeQcow2Async(string imagePath, long virtualSize, string runtimeDir, bool scatteredWrites, CancellationToken cancellationToken)
     {
         Directory.CreateDirectory(runtimeDir);
         DirBackupException? last = null;
-        var growthFilter = GrowthFilter(imagePath, virtualSize, scatteredWrites);
+        var growthStep = GrowthStepFor(imagePath, virtualSize, scatteredWrites);
         foreach (var ioMode in scatteredWrites ? ScatteredIoModes : BulkIoModes)
         {
             try
             {
-                return await StartAsync(imagePath, runtimeDir, ioMode, growthFilter, cancellationToken).ConfigureAwait(false);
+                return await StartAsync(imagePath, runtimeDir, ioMode, growthStep, cancellationToken).ConfigureAwait(false);
             }
             catch (DirBackupException e) when (e.Code == ErrorCode.IoError)
             {
@@ -93,19 +93,21 @@ public sealed class StorageDaemon : IAsyncDisposable
         throw last!;
     }
 
-    private static async Task<StorageDaemon> StartAsync(string imagePath, string runtimeDir, string ioMode, string? growthFilter, CancellationToken cancellationToken)
+    private static async Task<StorageDaemon> StartAsync(string imagePath, string runtimeDir, string ioMode, long? growthStep, CancellationToken cancellationToken)
     {
         var socket = Path.Combine(runtimeDir, $"qsd-{Guid.NewGuid():N}.sock");
         var psi = new ProcessStartInfo(Tool) { RedirectStandardError = true, RedirectStandardOutput = true, UseShellExecute = false };
         psi.Environment["GLIBC_TUNABLES"] = MallocTunables;
         var args = new List<string> { "--blockdev", $"driver=file,node-name=file0,filename={Escape(imagePath)},{ioMode}" };
-        if (growthFilter is not null)
+        var qcow2File = "file0";
+        if (growthStep is long step)
         {
-            args.AddRange(["--blockdev", growthFilter]);
+            args.AddRange(["--blockdev", $"driver=preallocate,node-name=grow0,file=file0,prealloc-size={step}"]);
+            qcow2File = "grow0";
         }
         args.AddRange(
         [
-            "--blockdev", $"driver=qcow2,node-name=disk0,file={(growthFilter is null ? "file0" : "grow0")},discard=unmap",
+            "--blockdev", $"driver=qcow2,node-name=disk0,file={qcow2File},discard=unmap",
             "--nbd-server", $"addr.type=unix,addr.path={Escape(socket)}",
             "--export", $"type=nbd,id=target,node-name=disk0,name={ExportName},writable=on",
             "--pidfile", socket + ".pid",

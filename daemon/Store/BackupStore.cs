@@ -51,8 +51,7 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
             long unit = (long)vfs.f_frsize;
             long total = (long)vfs.f_blocks * unit;
             long free = (long)vfs.f_bfree * unit;
-            long avail = (long)vfs.f_bavail * unit;
-            return new StorageStatus(total, avail, total - free, true);
+            return new StorageStatus(total, vfs.AvailableBytes, total - free, true);
         }, settings.StatusTimeout, $"storage path '{Root}'", cancellationToken).ConfigureAwait(false);
     }
 
