@@ -243,7 +243,7 @@ public sealed partial class VmBackup(BackupSettings settings)
                 await LogSummaryAsync(context, device, stats, progress.Elapsed).ConfigureAwait(false);
             }
         }
-        Libc.FsyncFile(backupTarget.Image);
+        Libc.FsyncFile(backupTarget.Image); // the image's only sync: the target leaves it to us
         AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
         var synced = Stopwatch.GetElapsedTime(started);
         BackupLog.DevicePhases(context.Logger, device.Name, backupTarget.CreateTime.TotalMilliseconds, backupTarget.ServeTime.TotalMilliseconds,

@@ -29,10 +29,12 @@ public sealed class StorageDaemonTests : IDisposable
         Assert.False(File.Exists(target.SocketPath));
     }
 
-    [Fact]
-    public async Task Space_reserved_ahead_of_a_full_backup_s_writes_is_given_back_when_the_target_stops()
+    [Theory]
+    [InlineData(false)]
+    [InlineData(true)]
+    public async Task Space_reserved_ahead_of_a_backup_s_writes_is_given_back_when_the_target_stops(bool scatteredWrites)
     {
-        var (image, target) = await ServeNewImageAsync(256 << 20);
+        var (image, target) = await ServeNewImageAsync(256 << 20, scatteredWrites);
         await using (target)
         {
             using (var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName))
@@ -85,12 +87,12 @@ public sealed class StorageDaemonTests : IDisposable
         Assert.DoesNotContain('\n', e.Message);
     }
 
-    /// <summary>A fresh qcow2 of <paramref name="size"/> bytes, served as a full backup's target.</summary>
-    private async Task<(string Image, StorageDaemon Target)> ServeNewImageAsync(long size)
+    /// <summary>A fresh qcow2 of <paramref name="size"/> bytes, served as a full backup's target or an incremental's.</summary>
+    private async Task<(string Image, StorageDaemon Target)> ServeNewImageAsync(long size, bool scatteredWrites = false)
     {
         var image = _dir.Combine("disk.qcow2");
         await QemuImg.CreateAsync(image, size, null, CancellationToken.None);
-        return (image, await StorageDaemon.ServeQcow2Async(image, size, _dir.Combine("run"), scatteredWrites: false, CancellationToken.None));
+        return (image, await StorageDaemon.ServeQcow2Async(image, size, _dir.Combine("run"), scatteredWrites, CancellationToken.None));
     }
 
     public void Dispose() => _dir.Dispose();
