@@ -28,7 +28,7 @@ public sealed partial class BackupStore
         {
             throw DirBackupException.Io($"cannot remove backup '{volume}': its image of '{shared.Key}' is the base of {string.Join(" and ", shared.Select(d => $"'{d.Backup}'"))}; it can be merged into one backup only");
         }
-        if (Directory.EnumerateDirectories(GuestDir(volume.VmId), StagingPattern).Any())
+        if (HasStaging(volume.VmId))
         {
             throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}' now: a backup of guest {volume.VmId} is in progress and may read the images the merge changes; try again after it");
         }

@@ -103,6 +103,9 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
     public const string StagingPrefix = ".staging-";
     private const string StagingPattern = StagingPrefix + "*";
 
+    /// <summary>A staging directory exists: a backup of the guest is in progress, or a crash left one behind.</summary>
+    private bool HasStaging(int vmid) => Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern).Any();
+
     /// <summary>The provisional manifests of a guest's backups in progress, by backup directory name; a staging directory without a readable one yet is skipped.</summary>
     private IEnumerable<(string Backup, Manifest Manifest)> StagedManifests(int vmid)
     {
@@ -132,7 +135,7 @@ public sealed partial class BackupStore(StorageConfig config, StoreSettings sett
     /// </summary>
     private async Task ClearLeftoverStagingAsync(int vmid, CancellationToken cancellationToken)
     {
-        if (!Directory.EnumerateDirectories(GuestDir(vmid), StagingPattern).Any())
+        if (!HasStaging(vmid))
         {
             return;
         }
