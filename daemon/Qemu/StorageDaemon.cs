@@ -56,8 +56,14 @@ public sealed class StorageDaemon : IAsyncDisposable
     /// or the heap trimmed, over and over: every request then faults in and zeroes fresh pages. Keeping them on the
     /// heap halves the page faults of a full backup (1.07 million against 0.59 million for the benchmark disk,
     /// counted with perf stat); the heap stays bounded by the requests in flight (a few 4 MiB units).
+    /// <para>
+    /// The heap is also asked for transparent huge pages (glibc 2.35 and later; an older glibc ignores the setting, and
+    /// so does a kernel with them off). An O_DIRECT write then pins and hands the disk a 1 MiB buffer in one or two
+    /// pages instead of 256: 1600 such writes through the NBD export, 16 in flight, took 0.79 s instead of 1.03 s, and
+    /// the target's CPU time fell from 560 to 410 ms (medians of 16 interleaved runs, qemu-img bench).
+    /// </para>
     /// </summary>
-    private const string MallocTunables = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864";
+    private const string MallocTunables = "glibc.malloc.mmap_threshold=4194304:glibc.malloc.trim_threshold=67108864:glibc.malloc.hugetlb=1";
 
     /// <summary>
     /// A full backup appends to its image, and on ext4 each O_DIRECT write past the end of the file waits for the one

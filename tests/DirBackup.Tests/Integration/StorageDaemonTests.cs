@@ -65,6 +65,26 @@ public sealed class StorageDaemonTests : IDisposable
     }
 
     [Fact]
+    public async Task The_target_receives_writes_into_huge_pages()
+    {
+        var setting = File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled").Trim();
+        Assert.False(setting.Contains("[never]", StringComparison.Ordinal), $"this kernel has transparent huge pages off ({setting})");
+        var (_, target) = await ServeNewImageAsync(64 << 20);
+        await using (target)
+        {
+            using var client = NbdClient.Connect(target.SocketPath, StorageDaemon.ExportName);
+            var megabyte = Enumerable.Repeat((byte)0x5a, 1 << 20).ToArray();
+            for (int i = 0; i < 16; i++)
+            {
+                client.Write(megabyte, (long)i << 20);
+            }
+            int pid = int.Parse(File.ReadAllText(target.SocketPath + ".pid").Trim(), System.Globalization.CultureInfo.InvariantCulture);
+            var huge = File.ReadLines($"/proc/{pid}/smaps_rollup").Single(l => l.StartsWith("AnonHugePages:", StringComparison.Ordinal));
+            Assert.True(huge.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1] != "0", $"the target's memory has no huge pages ({huge})");
+        }
+    }
+
+    [Fact]
     public async Task A_missing_image_is_refused_in_one_line_that_names_it()
     {
         var missing = _dir.Combine("gone.qcow2");
