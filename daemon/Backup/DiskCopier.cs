@@ -83,9 +83,9 @@ public static class DiskCopier
         int stages = Math.Max(1, request.Workers);
         // Readers fill buffers, writers empty them: reading unit N+1 overlaps writing unit N. Memory is bounded
         // by the buffer pool: two buffers per reader.
-        using var free = new BlockingCollection<byte[]>();
-        using var filled = new BlockingCollection<(WorkUnit Unit, byte[] Buffer)>();
-        var buffers = new byte[2 * stages][];
+        using var free = new BlockingCollection<CopyBuffer>();
+        using var filled = new BlockingCollection<(WorkUnit Unit, CopyBuffer Buffer)>();
+        var buffers = new CopyBuffer[2 * stages];
         for (int i = 0; i < buffers.Length; i++)
         {
             buffers[i] = request.Buffers.Rent();
@@ -111,7 +111,7 @@ public static class DiskCopier
                     var unit = units[index];
                     if (unit.Segments.Length == 0)
                     {
-                        Finish(unit, [], digests, parentDigests, stats);
+                        Finish(unit, default, digests, parentDigests, stats);
                         continue;
                     }
                     if (unit.Bytes(SegmentSource.Source) > 0)
@@ -152,7 +152,7 @@ public static class DiskCopier
                 foreach (var (unit, buffer) in filled.GetConsumingEnumerable(failed.Token))
                 {
                     WriteUnit(unit, buffer, target, request, stats);
-                    Finish(unit, buffer, digests, parentDigests, stats);
+                    Finish(unit, buffer.Span, digests, parentDigests, stats);
                     free.Add(buffer, CancellationToken.None);
                 }
                 target.Flush();
@@ -181,11 +181,11 @@ public static class DiskCopier
         return digests;
     }
 
-    private static unsafe void ReadUnit(WorkUnit unit, byte[] buffer, NbdClient? source, NbdClient? target, DiskCopyRequest request, CopyStats stats, CancellationToken cancellationToken)
+    private static unsafe void ReadUnit(WorkUnit unit, CopyBuffer buffer, NbdClient? source, NbdClient? target, DiskCopyRequest request, CopyStats stats, CancellationToken cancellationToken)
     {
         var fromSource = new List<NbdRequest>();
         var fromTarget = new List<NbdRequest>();
-        fixed (byte* packed = buffer)
+        fixed (byte* packed = buffer.Span)
         {
             foreach (var segment in unit.Segments)
             {
@@ -230,12 +230,12 @@ public static class DiskCopier
     public const int RequestSize = 1 << 20;
 
     /// <summary>Stores what changed: data as data, zeroes only where a parent could show through.</summary>
-    private static unsafe void WriteUnit(WorkUnit unit, byte[] buffer, NbdClient target, DiskCopyRequest request, CopyStats stats)
+    private static unsafe void WriteUnit(WorkUnit unit, CopyBuffer buffer, NbdClient target, DiskCopyRequest request, CopyStats stats)
     {
         var writes = new List<NbdRequest>();
         long written = 0;
         long zeroes = 0;
-        fixed (byte* packed = buffer)
+        fixed (byte* packed = buffer.Span)
         {
             foreach (var segment in unit.Segments)
             {
@@ -243,7 +243,7 @@ public static class DiskCopier
                 {
                     continue;
                 }
-                var memory = buffer.AsMemory(segment.PackedOffset, (int)segment.Length);
+                var memory = buffer.Memory.Slice(segment.PackedOffset, (int)segment.Length);
                 foreach (var (start, length, isZero) in segment.Source == SegmentSource.Zero ? [(0, memory.Length, true)] : CopyPlan.ZeroRuns(memory, DigestBlock))
                 {
                     long offset = segment.Offset + start;
@@ -272,7 +272,7 @@ public static class DiskCopier
     }
 
     /// <summary>Digests of every block of the unit's chunks, and the progress they count for.</summary>
-    private static void Finish(WorkUnit unit, byte[] buffer, byte[] digests, byte[]? parentDigests, CopyStats stats)
+    private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, byte[] digests, byte[]? parentDigests, CopyStats stats)
     {
         foreach (var chunk in unit.Chunks)
         {
@@ -296,7 +296,7 @@ public static class DiskCopier
         }
     }
 
-    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, byte[] buffer, Span<byte> chunkDigests, byte[]? parentDigests)
+    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, ReadOnlySpan<byte> buffer, Span<byte> chunkDigests, byte[]? parentDigests)
     {
         for (long blockStart = chunk.Offset; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock)
         {
@@ -307,7 +307,7 @@ public static class DiskCopier
                 parentDigests.AsSpan((int)(blockStart / DigestBlock * DigestSize), DigestSize).CopyTo(digest);
                 continue;
             }
-            var data = buffer.AsSpan(PackedOffsetOf(unit, blockStart), length);
+            var data = buffer.Slice(PackedOffsetOf(unit, blockStart), length);
             if (length == DigestBlock && !data.ContainsAnyExcept((byte)0))
             {
                 ZeroBlockDigest.CopyTo(digest);

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace DirBackup.Native;
 
-/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask, socket buffer sizes.</summary>
+/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask, socket buffer sizes, memory advice.</summary>
 internal static unsafe partial class Libc
 {
     private const string Lib = "libc";
@@ -74,6 +74,11 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl_lock(int fd, int cmd, ref Flock lk);
+
+    public const int MADV_HUGEPAGE = 14;
+
+    [LibraryImport(Lib, EntryPoint = "madvise", SetLastError = true)]
+    public static partial int madvise(nint address, nuint length, int advice);
 
     [LibraryImport(Lib, EntryPoint = "kill", SetLastError = true)]
     public static partial int kill(int pid, int signal);
