@@ -1,6 +1,6 @@
-using System.Globalization;
 using System.Runtime.InteropServices;
 using DirBackup.Backup;
+using DirBackup.Tests.Infrastructure;
 using Xunit;
 
 namespace DirBackup.Tests.Unit;
@@ -48,35 +48,14 @@ public class CopyBufferPoolTests
     }
 
     [Fact]
-    public void A_buffer_starts_on_a_huge_page_and_is_backed_by_huge_pages_once_written()
+    public void A_buffer_starts_on_a_huge_page_and_all_of_it_is_advised_to_use_huge_pages()
     {
-        var setting = File.ReadAllText("/sys/kernel/mm/transparent_hugepage/enabled").Trim();
-        Assert.False(setting.Contains("[never]", StringComparison.Ordinal), $"this kernel has transparent huge pages off ({setting})");
         var buffer = new CopyBufferPool(new ManualClock()).Rent();
-        buffer.Span.Fill(0x5a);
         Assert.True(MemoryMarshal.TryGetArray<byte>(buffer.Memory, out var window));
         long start = Marshal.UnsafeAddrOfPinnedArrayElement(window.Array!, window.Offset);
         Assert.Equal(0, start % CopyBuffer.HugePage);
-        Assert.True(HugeKiBAt(start) >= CopyBuffer.HugePage / 1024, $"no huge page at 0x{start:x}");
-    }
-
-    /// <summary>The AnonHugePages figure of this process's mapping that holds <paramref name="address"/>.</summary>
-    private static long HugeKiBAt(long address)
-    {
-        bool inside = false;
-        foreach (var line in File.ReadLines("/proc/self/smaps"))
-        {
-            var range = line.Split(' ')[0].Split('-');
-            if (range.Length == 2 && long.TryParse(range[0], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out long from)
-                && long.TryParse(range[1], NumberStyles.HexNumber, CultureInfo.InvariantCulture, out long to))
-            {
-                inside = address >= from && address < to;
-            }
-            else if (inside && line.StartsWith("AnonHugePages:", StringComparison.Ordinal))
-            {
-                return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
-            }
-        }
-        return 0;
+        var mapping = Smaps.Read().Single(m => m.Holds(start));
+        Assert.True(mapping.HugePagesAdvised, $"the buffer at 0x{start:x} was not advised to use huge pages");
+        Assert.True(mapping.Holds(start + buffer.Length - 1), "the advice does not cover the whole buffer");
     }
 }
