@@ -32,9 +32,9 @@ public sealed class CopyBuffer
 }
 
 /// <summary>
-/// The copy engine's unit buffers, kept from one disk's copy to the next. Fresh ones cost a page fault and a cleared
-/// page per 4 KiB the first time the socket writes into them: about 6,100 faults in every other incremental of the
-/// benchmark disk (the GC handed them back to the kernel in between), a tenth of the daemon's CPU for that backup.
+/// The copy engine's unit buffers, kept from one disk's copy to the next. Fresh ones cost page faults and cleared
+/// pages the first time the socket writes into them: on 4 KiB pages, about 6,100 faults in every other incremental of
+/// the benchmark disk (the GC handed them back to the kernel in between), a tenth of the daemon's CPU for that backup.
 /// A pool idle for <see cref="IdleRelease"/> is let go, so a daemon between nightly jobs does not hold them.
 /// </summary>
 public sealed class CopyBufferPool
