@@ -41,6 +41,7 @@ internal static unsafe partial class Libc
     public const int O_DIRECTORY = 0x10000;
     public const int O_CLOEXEC = 0x80000;
     public const int F_OFD_SETLK = 37;
+    public const int MADV_HUGEPAGE = 14;
     public const short F_WRLCK = 1;
     public const short F_UNLCK = 2;
     public const int EAGAIN = 11;
@@ -74,8 +75,6 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl_lock(int fd, int cmd, ref Flock lk);
-
-    public const int MADV_HUGEPAGE = 14;
 
     [LibraryImport(Lib, EntryPoint = "madvise", SetLastError = true)]
     public static partial int madvise(nint address, nuint length, int advice);
