@@ -284,7 +284,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     private async Task<object?> RestoreVmVolumeInit(RpcArgs args, CallContext context)
     {
         var store = Open(args);
-        var path = await restores.ExportAsync(store, VmVolume(args), args.String("device"), context.CancellationToken).ConfigureAwait(false);
+        var path = await restores.ExportAsync(store, VmVolume(args), args.String("device"), context.Logger, context.CancellationToken).ConfigureAwait(false);
         return new Dictionary<string, string> { ["qemu-img-path"] = path };
     }
 

@@ -2,7 +2,7 @@ using System.Runtime.InteropServices;
 
 namespace DirBackup.Native;
 
-/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask, socket buffer sizes, memory advice.</summary>
+/// <summary>The few libc calls .NET does not wrap: statvfs, fsync of a directory, open-file-description locks, umask, socket buffer sizes, memory advice, extent cloning.</summary>
 internal static unsafe partial class Libc
 {
     private const string Lib = "libc";
@@ -104,7 +104,7 @@ internal static unsafe partial class Libc
     public const int MNT_DETACH = 2;
 
     [LibraryImport(Lib, EntryPoint = "mount", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
-    public static partial int mount(string source, string target, string fsType, ulong flags, string data);
+    public static partial int mount(string? source, string target, string? fsType, ulong flags, string? data);
 
     [LibraryImport(Lib, EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int umount2(string target, int flags);
@@ -117,6 +117,9 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "pread", SetLastError = true)]
     public static partial nint pread(int fd, void* buf, nuint count, long offset);
+
+    [LibraryImport(Lib, EntryPoint = "pwrite", SetLastError = true)]
+    public static partial nint pwrite(int fd, void* buf, nuint count, long offset);
 
     [LibraryImport(Lib, EntryPoint = "fstat", SetLastError = true)]
     private static partial int fstat(int fd, byte* buf);
@@ -161,6 +164,34 @@ internal static unsafe partial class Libc
 
     [LibraryImport(Lib, EntryPoint = "fcntl", SetLastError = true)]
     public static partial int fcntl_int(int fd, int cmd, int arg);
+
+    public const int O_TMPFILE = 0x410000;
+    public const int AT_FDCWD = -100;
+    public const int AT_EMPTY_PATH = 0x1000;
+    public const ulong MS_REMOUNT = 32;
+    public const ulong MS_BIND = 4096;
+    public const ulong FICLONERANGE = 0x4020940d;
+
+    [StructLayout(LayoutKind.Sequential)]
+    public struct FileCloneRange
+    {
+        public long SourceFd;
+        public ulong SourceOffset;
+        public ulong Length;
+        public ulong DestinationOffset;
+    }
+
+    [LibraryImport(Lib, EntryPoint = "open", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int open(string path, int flags, uint mode);
+
+    [LibraryImport(Lib, EntryPoint = "ioctl", SetLastError = true)]
+    public static partial int ioctl_clone_range(int fd, ulong request, FileCloneRange* range);
+
+    [LibraryImport(Lib, EntryPoint = "ftruncate", SetLastError = true)]
+    public static partial int ftruncate(int fd, long length);
+
+    [LibraryImport(Lib, EntryPoint = "linkat", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
+    public static partial int linkat(int oldDirFd, string oldPath, int newDirFd, string newPath, int flags);
 
     [LibraryImport(Lib, EntryPoint = "umask")]
     public static partial uint umask(uint mask);

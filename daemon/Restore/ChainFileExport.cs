@@ -44,52 +44,28 @@ public sealed partial class ChainFileExport : IChainExport
     public string Path { get; }
 
     /// <summary>
-    /// Null when the chain holds data that only QEMU can read (compressed clusters); nothing is left open then.
-    /// Without <paramref name="spliceReads"/> every read goes through the daemon's memory, the path a reply that does
-    /// not fit a pipe always takes.
+    /// Serves the mapped chain; the export takes over the open files. Without <paramref name="spliceReads"/> every
+    /// read goes through the daemon's memory, the path a reply that does not fit a pipe always takes.
     /// </summary>
-    public static async Task<ChainFileExport?> StartAsync(IReadOnlyList<ChainLayer> layers, string mountpoint, bool spliceReads, CancellationToken cancellationToken)
+    public static async Task<ChainFileExport> StartAsync(ChainFiles chain, string mountpoint, bool spliceReads, CancellationToken cancellationToken)
     {
-        var fds = new List<int>();
+        var map = chain.Map ?? throw new ArgumentException("a chain only QEMU can read", nameof(chain));
+        var fds = chain.TakeFds();
+        ChainFileExport export;
         try
         {
-            foreach (var layer in layers)
-            {
-                fds.Add(OpenLayer(layer));
-            }
-            // qemu-img maps the very files we hold open, whatever happens to the names meanwhile.
-            var map = await ChainMap.BuildAsync(fds.Select(fd => $"/proc/{Environment.ProcessId}/fd/{fd}").ToList(), layers[^1].Size, cancellationToken).ConfigureAwait(false);
-            if (map is null)
-            {
-                return null;
-            }
-            var export = Mount(mountpoint, map, [.. fds], spliceReads);
-            fds.Clear();
-            await export.WaitForInitAsync(cancellationToken).ConfigureAwait(false);
-            return export;
+            export = Mount(mountpoint, map, fds, spliceReads);
         }
-        finally
+        catch
         {
             foreach (int fd in fds)
             {
                 Libc.close(fd);
             }
+            throw;
         }
-    }
-
-    private static int OpenLayer(ChainLayer layer)
-    {
-        int fd = Libc.open(layer.Path, Libc.O_RDONLY | Libc.O_NOFOLLOW | Libc.O_CLOEXEC);
-        if (fd < 0)
-        {
-            throw DirBackupException.Io($"{layer.Backup}: cannot open '{layer.Path}': {Libc.Describe(Marshal.GetLastPInvokeError())}");
-        }
-        if (Libc.FileType(fd) != Libc.S_IFREG)
-        {
-            Libc.close(fd);
-            throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is not a regular file (a link or something else replaced it)");
-        }
-        return fd;
+        await export.WaitForInitAsync(cancellationToken).ConfigureAwait(false);
+        return export;
     }
 
     private static ChainFileExport Mount(string mountpoint, ChainMap map, int[] layerFds, bool spliceReads)

@@ -56,6 +56,18 @@ public sealed class ChainMap
         return (_layers[i], _layers[i] == Zero ? 0 : _offsets[i] + into, End(i) - position);
     }
 
+    /// <summary>The ranges that hold data, in disk order: where on the disk, how long, and where in which layer's file.</summary>
+    public IEnumerable<(long Start, long Length, int Layer, long FileOffset)> DataRanges()
+    {
+        for (int i = 0; i < _starts.Length; i++)
+        {
+            if (_layers[i] != Zero)
+            {
+                yield return (_starts[i], End(i) - _starts[i], _layers[i], _offsets[i]);
+            }
+        }
+    }
+
     /// <summary>lseek(SEEK_DATA): the first position at or after <paramref name="position"/> outside the holes, or -1 (ENXIO).</summary>
     public long NextData(long position)
     {

@@ -1,5 +1,6 @@
 using System.Collections.Concurrent;
 using DirBackup.Store;
+using Microsoft.Extensions.Logging;
 
 namespace DirBackup.Restore;
 
@@ -7,7 +8,7 @@ namespace DirBackup.Restore;
 /// VM restores in progress, keyed by storage, volume name and device: PVE makes each restore call from a new
 /// provider object, possibly in another process, so nothing lives in a connection.
 /// </summary>
-public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
+public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true, bool shareBlocks = true)
 {
     private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<IChainExport>>> _exports = new();
     private readonly SemaphoreSlim _teardown = new(1, 1);
@@ -19,11 +20,11 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
 
     public void Begin(BackupStore store, VolumeName volume) => InUse.Acquire(store.Root, volume);
 
-    public async Task<string> ExportAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    public async Task<string> ExportAsync(BackupStore store, VolumeName volume, string device, ILogger logger, CancellationToken cancellationToken)
     {
         var key = (store.Root, volume, device);
         InUse.Acquire(store.Root, volume);
-        var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<IChainExport>>(() => StartAsync(store, volume, device, cancellationToken)));
+        var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<IChainExport>>(() => StartAsync(store, volume, device, logger, cancellationToken)));
         try
         {
             return (await lazy.Value.ConfigureAwait(false)).Path;
@@ -35,13 +36,28 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
         }
     }
 
-    /// <summary>The daemon serves the chain itself; only a chain with data QEMU alone can read (compressed clusters) goes through QEMU's slower export.</summary>
-    private async Task<IChainExport> StartAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    /// <summary>
+    /// Where the storage's filesystem shares blocks between files, the chain becomes a plain file of shared blocks;
+    /// elsewhere the daemon serves it over FUSE; only a chain with data QEMU alone can read (compressed clusters) goes
+    /// through QEMU's slower export.
+    /// </summary>
+    private async Task<IChainExport> StartAsync(BackupStore store, VolumeName volume, string device, ILogger logger, CancellationToken cancellationToken)
     {
         var layers = await ChainBuilder.BuildAsync(store, volume, device, cancellationToken).ConfigureAwait(false);
         var mountpoint = Path.Combine(ExportDir, $"{volume.VmId}-{volume.BackupDirName}-{device}-{Guid.NewGuid():N}.raw");
-        return (IChainExport?)await ChainFileExport.StartAsync(layers, mountpoint, spliceReads, cancellationToken).ConfigureAwait(false)
-            ?? await QemuChainExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
+        using var chain = await ChainFiles.OpenAsync(layers, cancellationToken).ConfigureAwait(false);
+        if (chain.Map is null)
+        {
+            return await QemuChainExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
+        }
+        string? whyNot = "turned off";
+        if (shareBlocks && ReflinkExport.TryStart(chain, store.GuestDir(volume.VmId), mountpoint, out whyNot) is { } shared)
+        {
+            RestoreLog.SharedBlocks(logger, volume.ToString(), device, mountpoint);
+            return shared;
+        }
+        RestoreLog.ServedOverFuse(logger, volume.ToString(), device, mountpoint, whyNot ?? "");
+        return await ChainFileExport.StartAsync(chain, mountpoint, spliceReads, cancellationToken).ConfigureAwait(false);
     }
 
     /// <summary>Idempotent: a device never exported, or already torn down, is fine.</summary>
