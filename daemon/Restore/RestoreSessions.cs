@@ -8,7 +8,7 @@ namespace DirBackup.Restore;
 /// VM restores in progress, keyed by storage, volume name and device: PVE makes each restore call from a new
 /// provider object, possibly in another process, so nothing lives in a connection.
 /// </summary>
-public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true, bool shareBlocks = true)
+public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
 {
     private readonly ConcurrentDictionary<(string Root, VolumeName Volume, string Device), Lazy<Task<IChainExport>>> _exports = new();
     private readonly SemaphoreSlim _teardown = new(1, 1);
@@ -50,8 +50,7 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true, 
         {
             return await QemuChainExport.StartAsync(layers, mountpoint, cancellationToken).ConfigureAwait(false);
         }
-        string? whyNot = "turned off";
-        if (shareBlocks && ReflinkExport.TryStart(chain, store.GuestDir(volume.VmId), mountpoint, out whyNot) is { } shared)
+        if (ReflinkExport.TryStart(chain, store.GuestDir(volume.VmId), mountpoint, out var whyNot) is { } shared)
         {
             RestoreLog.SharedBlocks(logger, volume.ToString(), device, mountpoint);
             return shared;

@@ -170,6 +170,7 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
         await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, s.TopImage);
         Assert.ThrowsAny<IOException>(() => File.Open(path, FileMode.Open, FileAccess.ReadWrite).Dispose());
         Assert.False(File.Exists(path + ".pid"), "the daemon serves its own chains; no qemu-storage-daemon runs");
+        Assert.Contains(File.ReadAllLines("/proc/self/mountinfo"), l => l.Split(' ')[4] == path && l.Contains(" - fuse.dirbackupd ", StringComparison.Ordinal));
 
         EndRestore(s);
         Assert.DoesNotContain(path, File.ReadAllText("/proc/self/mountinfo"), StringComparison.Ordinal);
@@ -188,5 +189,104 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
         await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, s.TopImage);
         EndRestore(s);
         Assert.False(File.Exists(path));
+    }
+}
+
+/// <summary>
+/// A storage on a filesystem that shares blocks between files (XFS, loop-mounted): the restore export is a plain
+/// read-only file made of the layers' own blocks, not a FUSE file, and it leaves nothing in the storage.
+/// </summary>
+[Trait("speed", "slow")]
+public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-xfs")
+{
+    private const string Device = "drive-scsi0";
+    private const long Size = (8L << 20) + 1536; // ends off a 4 KiB block: the last bytes are copied, not shared
+    private const string Top = "backup/100/qemu-1700000100";
+
+    private string Socket => Dir.Combine("run", "dirbackupd.sock");
+    private string ExportDir => Dir.Combine("run", "qsd", "restore");
+
+    private async Task<(StorageBuilder Storage, string TopImage)> ChainOnXfsAsync()
+    {
+        var image = Dir.Combine("xfs.img");
+        await SourceDisk.Run("truncate", "-s", "512M", image);
+        await SourceDisk.Run("mkfs.xfs", "-q", image);
+        var storage = await MountStorageAsync("xfs", "-o", "loop", image);
+        var disk = await SourceDisk.CreateAsync(Dir.Combine("vm"), Size, "snapshot-access:xfs");
+        await disk.WriteAsync("write -P 0x31 0 2M", $"write -P 0x32 {Size - 1536} 1536");
+        foreach (var time in new[] { 1700000000, 1700000100 })
+        {
+            await using (var access = await disk.OpenBackupAccessAsync(Device))
+            {
+                var run = await VzdumpVm.RunAsync(Socket, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, time);
+                Assert.True(run.ExitCode == 0, run.Log);
+            }
+            await disk.CommitBitmapAsync();
+            await disk.WriteAsync("write -P 0x42 4M 1M");
+        }
+        return (storage, Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
+    }
+
+    private static string Export(LineClient client, StorageBuilder storage)
+    {
+        client.Call("restore_vm_init", Json.Params(storage, ("volname", Top)));
+        return client.Call("restore_vm_volume_init", Json.Params(storage, ("volname", Top), ("device", Device), ("info", new JsonObject())))!["qemu-img-path"]!.GetValue<string>();
+    }
+
+    /// <summary>The filesystem type of the mount at <paramref name="path"/>, or null.</summary>
+    private static string? MountType(string path) => File.ReadAllLines("/proc/self/mountinfo").Select(l => l.Split(' '))
+        .Where(f => f[4] == path).Select(f => f[Array.IndexOf(f, "-") + 1]).LastOrDefault();
+
+    [Fact]
+    public async Task Where_the_filesystem_shares_blocks_the_export_is_a_read_only_file_of_the_layers_own_blocks()
+    {
+        await using var daemon = await DaemonProcess.StartAsync(Socket);
+        var (storage, topImage) = await ChainOnXfsAsync();
+        var before = storage.Snapshot();
+        using var client = LineClient.Connect(Socket);
+
+        var path = Export(client, storage);
+
+        Assert.Equal("xfs", MountType(path));
+        Assert.StartsWith(ExportDir + "/", path, StringComparison.Ordinal);
+        Assert.Equal([(0L, 2L << 20), (4L << 20, 1L << 20), (8L << 20, 1536L)], await SourceDisk.DataRangesAsync(path));
+        await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, topImage);
+        var copy = Dir.Combine("restored.raw");
+        await SourceDisk.Run("qemu-img", "convert", "-p", "-f", "raw", path, "-O", "raw", copy);
+        await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", copy, topImage);
+        Assert.Equal(Size, new FileInfo(path).Length);
+        Assert.ThrowsAny<IOException>(() => File.Open(path, FileMode.Open, FileAccess.ReadWrite).Dispose());
+        Assert.Equal(before, storage.Snapshot());
+
+        client.Call("restore_vm_volume_cleanup", Json.Params(storage, ("volname", Top), ("device", Device), ("info", new JsonObject())));
+        client.Call("restore_vm_cleanup", Json.Params(storage, ("volname", Top)));
+        Assert.Null(MountType(path));
+        Assert.False(File.Exists(path));
+        Assert.Equal(before, storage.Snapshot());
+    }
+
+    [Fact]
+    public async Task An_export_of_shared_blocks_left_by_a_crashed_daemon_goes_when_the_daemon_starts_again()
+    {
+        var daemon = await DaemonProcess.StartAsync(Socket);
+        var (storage, topImage) = await ChainOnXfsAsync();
+        var before = storage.Snapshot();
+        string path;
+        using (var client = LineClient.Connect(Socket))
+        {
+            path = Export(client, storage);
+        }
+        await daemon.CrashAsync();
+        await daemon.DisposeAsync();
+        Assert.Equal("xfs", MountType(path));
+
+        await using var restarted = await DaemonProcess.StartAsync(Socket);
+
+        Assert.Null(MountType(path));
+        Assert.False(File.Exists(path));
+        Assert.Equal(before, storage.Snapshot());
+        using var again = LineClient.Connect(Socket);
+        path = Export(again, storage);
+        await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, topImage);
     }
 }
