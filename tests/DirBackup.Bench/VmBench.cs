@@ -105,7 +105,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
             }
         }
 
-        var restore = await RestoreAsync(socket, 200 + Runs);
+        var restore = await RestoreAsync(socket, 200 + Runs, Path.GetFullPath(Path.Combine(Vm, "store")));
+        var sharedBlocks = await RestoreOnXfsAsync(socket, 200 + Runs);
         var merges = await MergeAsync(socket, 200 + Runs);
         long peakKiB = PeakRssKiB(daemon.Id);
         Process.Start("kill", ["-TERM", daemon.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
@@ -136,6 +137,13 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         Console.WriteLine("  into QEMU's null target, the reading alone:");
         PrintRestore(restore.ExportToNull, restore.DirectToNull, "");
         Console.WriteLine();
+        Console.WriteLine($"The same restore from a copy of those backups on a filesystem that shares blocks (XFS on a loop device), median of {RestoreRuns}");
+        Console.WriteLine("  (there the export is a plain file of the layers' own blocks instead of a FUSE file; this machine's storage is ext4)");
+        Console.WriteLine("  into a raw file, as PVE runs it:");
+        PrintRestore(sharedBlocks.ExportToFile, sharedBlocks.DirectToFile, "");
+        Console.WriteLine("  into QEMU's null target, the reading alone:");
+        PrintRestore(sharedBlocks.ExportToNull, sharedBlocks.DirectToNull, "");
+        Console.WriteLine();
         Console.WriteLine($"Deleting the oldest backup of that chain, merged into the next one (an incremental of the 2% rewrite), {MergeRuns} times");
         Console.WriteLine($"  free_image (qemu-img commit of the newer image into the older, then a rename)   {Tools.Median(merges.Ours),6:0.00} s  (runs {Spread(merges.Ours)})");
         Console.WriteLine($"  qemu-img rebase of the newer image onto no base (the older one's data copied)  {Tools.Median(merges.Rebase),6:0.00} s  (runs {Spread(merges.Rebase)})");
@@ -159,9 +167,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
     private sealed record RestoreTimes(List<double> ExportToFile, List<double> DirectToFile, List<double> ExportToNull, List<double> DirectToNull);
 
     /// <summary>Restore through the daemon's export, exactly PVE's command, against qemu-img reading the chain itself.</summary>
-    private async Task<RestoreTimes> RestoreAsync(string daemonSocket, int vmid)
+    private async Task<RestoreTimes> RestoreAsync(string daemonSocket, int vmid, string storage)
     {
-        var storage = Path.GetFullPath(Path.Combine(Vm, "store"));
         var top = Directory.EnumerateDirectories(Path.Combine(storage, vmid.ToString(CultureInfo.InvariantCulture)), "qemu-*").Order().Last();
         var volname = $"backup/{vmid}/{Path.GetFileName(top)}";
         using var rpc = new BenchRpc(daemonSocket);
@@ -192,6 +199,33 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         rpc.Call("restore_vm_volume_cleanup", new JsonObject { ["storeid"] = "bench", ["scfg"] = scfg.DeepClone(), ["volname"] = volname, ["device"] = Device, ["info"] = new JsonObject() });
         rpc.Call("restore_vm_cleanup", new JsonObject { ["storeid"] = "bench", ["scfg"] = scfg.DeepClone(), ["volname"] = volname });
         return new RestoreTimes(times[0], times[1], times[2], times[3]);
+    }
+
+    /// <summary>
+    /// <see cref="RestoreAsync"/> on a copy of the guest's backups on a loop-mounted XFS, where the daemon exports a
+    /// file of shared blocks. The copy is synced first: sharing a block that is still dirty writes it out.
+    /// </summary>
+    private async Task<RestoreTimes> RestoreOnXfsAsync(string daemonSocket, int vmid)
+    {
+        var image = Path.GetFullPath(Path.Combine(Vm, "xfs.img"));
+        var mountpoint = Path.GetFullPath(Path.Combine(Vm, "xfs"));
+        File.Delete(image);
+        await Run("truncate", ["-s", "8G", image]);
+        await Run("mkfs.xfs", ["-q", image]);
+        Directory.CreateDirectory(mountpoint);
+        await Run("mount", ["-o", "loop", image, mountpoint]);
+        try
+        {
+            var guest = vmid.ToString(CultureInfo.InvariantCulture);
+            await Run("cp", ["-a", "--sparse=always", Path.Combine(Vm, "store", guest), Path.Combine(mountpoint, guest)]);
+            await Run("sync", []);
+            return await RestoreAsync(daemonSocket, vmid, mountpoint);
+        }
+        finally
+        {
+            await Run("umount", [mountpoint]);
+            File.Delete(image);
+        }
     }
 
     private const int MergeRuns = 3;
