@@ -8,7 +8,7 @@ var buildDir = root.Combine(".build");
 var aptPackages = new[] {
     "perl", "libjson-perl", "libjson-xs-perl", "systemd", "util-linux",
     "qemu-utils", "qemu-system-common", "libnbd0", "libnbd-bin",
-    "squashfs-tools", "squashfuse", "fuse3", "uidmap", "attr", "acl", "cstream", "tar", "e2fsprogs", "xfsprogs", "mount", "libcap2-bin",
+    "squashfs-tools", "squashfuse", "fuse3", "uidmap", "attr", "acl", "cstream", "tar", "e2fsprogs", "xfsprogs", "btrfs-progs", "mount", "libcap2-bin",
 };
 
 int Run(string tool, string args, string workingDirectory = null)

@@ -193,8 +193,8 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
 }
 
 /// <summary>
-/// A storage on a filesystem that shares blocks between files (XFS, loop-mounted): the restore export is a plain
-/// read-only file made of the layers' own blocks, not a FUSE file, and it leaves nothing in the storage.
+/// A storage on a filesystem that shares blocks between files (XFS or btrfs, loop-mounted): the restore export is a
+/// plain read-only file made of the layers' own blocks, not a FUSE file, and it leaves nothing in the storage.
 /// </summary>
 [Trait("speed", "slow")]
 public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-xfs")
@@ -206,12 +206,12 @@ public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-
     private string Socket => Dir.Combine("run", "dirbackupd.sock");
     private string ExportDir => Dir.Combine("run", "qsd", "restore");
 
-    private async Task<(StorageBuilder Storage, string TopImage)> ChainOnXfsAsync()
+    private async Task<(StorageBuilder Storage, string TopImage)> ChainOnAsync(string filesystem)
     {
-        var image = Dir.Combine("xfs.img");
+        var image = Dir.Combine(filesystem + ".img");
         await SourceDisk.Run("truncate", "-s", "512M", image);
-        await SourceDisk.Run("mkfs.xfs", "-q", image);
-        var storage = await MountStorageAsync("xfs", "-o", "loop", image);
+        await SourceDisk.Run("mkfs." + filesystem, "-q", image);
+        var storage = await MountStorageAsync(filesystem, "-o", "loop", image);
         var disk = await SourceDisk.CreateAsync(Dir.Combine("vm"), Size, "snapshot-access:xfs");
         await disk.WriteAsync("write -P 0x31 0 2M", $"write -P 0x32 {Size - 1536} 1536");
         foreach (var time in new[] { 1700000000, 1700000100 })
@@ -237,17 +237,19 @@ public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-
     private static string? MountType(string path) => File.ReadAllLines("/proc/self/mountinfo").Select(l => l.Split(' '))
         .Where(f => f[4] == path).Select(f => f[Array.IndexOf(f, "-") + 1]).LastOrDefault();
 
-    [Fact]
-    public async Task Where_the_filesystem_shares_blocks_the_export_is_a_read_only_file_of_the_layers_own_blocks()
+    [Theory]
+    [InlineData("xfs")]
+    [InlineData("btrfs")]
+    public async Task Where_the_filesystem_shares_blocks_the_export_is_a_read_only_file_of_the_layers_own_blocks(string filesystem)
     {
         await using var daemon = await DaemonProcess.StartAsync(Socket);
-        var (storage, topImage) = await ChainOnXfsAsync();
+        var (storage, topImage) = await ChainOnAsync(filesystem);
         var before = storage.Snapshot();
         using var client = LineClient.Connect(Socket);
 
         var path = Export(client, storage);
 
-        Assert.Equal("xfs", MountType(path));
+        Assert.Equal(filesystem, MountType(path));
         Assert.StartsWith(ExportDir + "/", path, StringComparison.Ordinal);
         Assert.Equal([(0L, 2L << 20), (4L << 20, 1L << 20), (8L << 20, 1536L)], await SourceDisk.DataRangesAsync(path));
         await SourceDisk.Run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", path, topImage);
@@ -269,7 +271,7 @@ public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-
     public async Task An_export_of_shared_blocks_left_by_a_crashed_daemon_goes_when_the_daemon_starts_again()
     {
         var daemon = await DaemonProcess.StartAsync(Socket);
-        var (storage, topImage) = await ChainOnXfsAsync();
+        var (storage, topImage) = await ChainOnAsync("xfs");
         var before = storage.Snapshot();
         string path;
         using (var client = LineClient.Connect(Socket))
