@@ -5,7 +5,7 @@ namespace DirBackup.Restore;
 
 /// <summary>
 /// A device's chain as a plain raw file whose data blocks are the layers' own, shared by the filesystem (FICLONERANGE:
-/// XFS, btrfs, OpenZFS 2.2 and later). qemu-img then reads an ordinary file and finds its holes in the filesystem,
+/// XFS, btrfs, OpenZFS 2.2 and later where block cloning is on). qemu-img then reads an ordinary file and finds its holes in the filesystem,
 /// without the FUSE round trip each read and each lseek costs through <see cref="ChainFileExport"/>; building it copies
 /// no data. The file is made unnamed (O_TMPFILE) beside the guest's backups, on the layers' filesystem, and has a name
 /// there only while it is bind-mounted read-only at the export path: from then on the mount alone keeps it, so it goes
