@@ -533,24 +533,28 @@ public sealed class VmBackupFaultTests(PathSocketDaemon daemon)
 /// <summary>A storage on a filesystem of its own, mounted for the test and lazily unmounted after it.</summary>
 public abstract class MountedStorageTests(string name) : IDisposable
 {
-    private string? _mountpoint;
-
     protected TempDir Dir { get; } = new(name);
 
     /// <summary>Runs mount with <paramref name="source"/> at a fresh mount point; the storage lives inside it.</summary>
     protected async Task<StorageBuilder> MountStorageAsync(string storeId, params string[] source)
     {
-        _mountpoint = Dir.Combine("mnt");
-        Directory.CreateDirectory(_mountpoint);
-        await SourceDisk.Run("mount", [.. source, _mountpoint]);
-        return new StorageBuilder(Path.Combine(_mountpoint, "store"), storeId);
+        var mountpoint = Dir.Combine("mnt");
+        Directory.CreateDirectory(mountpoint);
+        await SourceDisk.Run("mount", [.. source, mountpoint]);
+        return new StorageBuilder(Path.Combine(mountpoint, "store"), storeId);
     }
 
+    /// <summary>
+    /// Unmounts everything under the test's directory, deepest first: the storage, and whatever a failed test left
+    /// mounted there (a crashed daemon's restore export), so no mount outlives the run.
+    /// </summary>
     public void Dispose()
     {
-        if (_mountpoint is not null)
+        var mounts = File.ReadAllLines("/proc/self/mountinfo").Select(l => l.Split(' ')[4])
+            .Where(m => m.StartsWith(Dir.Path + "/", StringComparison.Ordinal)).OrderByDescending(m => m.Length);
+        foreach (var mount in mounts)
         {
-            System.Diagnostics.Process.Start("umount", ["-l", _mountpoint])!.WaitForExit();
+            System.Diagnostics.Process.Start("umount", ["-l", mount])!.WaitForExit();
         }
         Dir.Dispose();
         GC.SuppressFinalize(this);
