@@ -45,6 +45,20 @@ public static class VzdumpVm
         return RunPerlAsync(daemonSocket, ["tools/qmrestore-vm", "--storeid", storage.StoreId, "--path", storage.Root, "--volname", volname, "--target-dir", targetDir]);
     }
 
+    /// <summary>
+    /// A backup of <paramref name="disk"/> that must succeed, through a fresh backup access; QEMU's bitmap then starts
+    /// again, as after vzdump's successful teardown.
+    /// </summary>
+    public static async Task BackUpAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, SourceDisk disk, long startTime)
+    {
+        await using (var access = await disk.OpenBackupAccessAsync(device))
+        {
+            var run = await RunAsync(daemonSocket, storage, vmid, device, disk.Size, access.SocketPath, disk.Bitmap, startTime);
+            Xunit.Assert.True(run.ExitCode == 0, run.Log);
+        }
+        await disk.CommitBitmapAsync();
+    }
+
     public static Task<Result> RunAsync(string daemonSocket, StorageBuilder storage, int vmid, string device, long size, string nbdPath,
         string? bitmap, long startTime, string? notes = null, long? bwlimit = null, string? logFile = null, int? keepLast = null) =>
         RunAsync(daemonSocket, storage, vmid, [(device, size)], nbdPath, bitmap, startTime, notes, bwlimit, logFile, keepLast);

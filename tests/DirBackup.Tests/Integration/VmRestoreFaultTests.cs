@@ -26,12 +26,7 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
         await disk.WriteAsync("write -P 0x31 0 2M");
         foreach (var time in new[] { 1700000000, 1700000100 })
         {
-            await using (var access = await disk.OpenBackupAccessAsync(Device))
-            {
-                var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, time);
-                Assert.True(run.ExitCode == 0, run.Log);
-            }
-            await disk.CommitBitmapAsync();
+            await VzdumpVm.BackUpAsync(daemon.SocketPath, storage, 100, Device, disk, time);
             await disk.WriteAsync("write -P 0x42 4M 1M");
         }
         return new Setup(storage, daemon.Connect(),
@@ -216,12 +211,7 @@ public sealed class SharedBlocksRestoreTests() : MountedStorageTests("dirbackup-
         await disk.WriteAsync("write -P 0x31 0 2M", $"write -P 0x32 {Size - 1536} 1536");
         foreach (var time in new[] { 1700000000, 1700000100 })
         {
-            await using (var access = await disk.OpenBackupAccessAsync(Device))
-            {
-                var run = await VzdumpVm.RunAsync(Socket, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, time);
-                Assert.True(run.ExitCode == 0, run.Log);
-            }
-            await disk.CommitBitmapAsync();
+            await VzdumpVm.BackUpAsync(Socket, storage, 100, Device, disk, time);
             await disk.WriteAsync("write -P 0x42 4M 1M");
         }
         return (storage, Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
