@@ -30,6 +30,10 @@ public sealed class CtBench(string repo, string work, DaemonCommand daemonComman
             {
                 await Task.Delay(10);
             }
+            // Untimed: the tree is kept from one benchmark run to the next, and the VM benchmarks' writes pushed it out of
+            // the page cache; ours, first in every round, would read it from disk alone. This also loads the daemon's
+            // container code, as the VM benchmark's untimed backup does.
+            await OursAsync(socket, 1_699_999_999);
             var ours = new List<double>();
             var tar = new List<double>();
             for (int run = 0; run < Runs; run++)
@@ -42,9 +46,9 @@ public sealed class CtBench(string repo, string work, DaemonCommand daemonComman
             double size = (double)Dirs * FilesPerDir * FileSize / (1 << 20);
             Console.WriteLine();
             Console.WriteLine($"Container backup of {size / 1024:0.0} GiB in {Dirs * FilesPerDir} files, median of {Runs}");
-            Console.WriteLine($"  through shim and daemon (user namespace, nsenter, tar) {o,6:0.00} s  {size / o,6:0} MiB/s");
-            Console.WriteLine($"  plain tar into a file                                  {t,6:0.00} s  {size / t,6:0} MiB/s");
-            Console.WriteLine($"  throughput ratio {t / o:0.00}x (target at least 0.95x)");
+            Console.WriteLine($"  through shim and daemon (user namespace, nsenter, tar) {o,6:0.00} s  {size / o,6:0} MiB/s  (runs {Tools.Spread(ours)})");
+            Console.WriteLine($"  plain tar into a file                                  {t,6:0.00} s  {size / t,6:0} MiB/s  (runs {Tools.Spread(tar)})");
+            Console.WriteLine($"  throughput ratio {t / o:0.00}x; within each round {Tools.Spread(tar.Zip(ours, (a, b) => a / b).ToList())} (target at least 0.95x)");
         }
         finally
         {

@@ -31,6 +31,9 @@ public static class Tools
     /// <summary>The middle value (the upper one of an even count).</summary>
     public static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
+    /// <summary>Each run's time, in run order, for the reader to see the phases a median hides.</summary>
+    public static string Spread(List<double> values) => string.Join(" ", values.Select(t => t.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)));
+
     /// <summary>
     /// Times one run from the same starting point for every contender (MACHINE-NOTES.md): the previous run's output
     /// deleted and synced (deleting gigabytes stalls later writes on this disk), then memory warmed right before the

@@ -123,10 +123,10 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         foreach (var (name, times) in results)
         {
             double t = Tools.Median(times);
-            Console.WriteLine($"  {name,-34} {t,7:0.00} s  {Size / (1 << 20) / t,7:0} MiB/s  ours/this {t / ours,5:0.00}x  (runs {Spread(times)})");
+            Console.WriteLine($"  {name,-34} {t,7:0.00} s  {Size / (1 << 20) / t,7:0} MiB/s  ours/this {t / ours,5:0.00}x  (runs {Tools.Spread(times)})");
         }
         var againstConvert = Ratios(results[Convert], full);
-        Console.WriteLine($"  ours against qemu-img convert within each round: {Spread(againstConvert)} (median {Tools.Median(againstConvert):0.00}x)");
+        Console.WriteLine($"  ours against qemu-img convert within each round: {Tools.Spread(againstConvert)} (median {Tools.Median(againstConvert):0.00}x)");
         Console.WriteLine("  (targets: no slower than qemu-img convert, at least 8x the Perl loop)");
         Console.WriteLine();
         Console.WriteLine("VM incremental backup of the 2% scattered rewrite");
@@ -149,9 +149,9 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         PrintRestore(sharedBlocks.ExportToNull, sharedBlocks.DirectToNull, "");
         Console.WriteLine();
         Console.WriteLine($"Deleting the oldest backup of that chain, merged into the next one (an incremental of the 2% rewrite), {MergeRuns} times");
-        Console.WriteLine($"  free_image (qemu-img commit of the newer image into the older, then a rename)   {Tools.Median(merges.Ours),6:0.00} s  (runs {Spread(merges.Ours)})");
-        Console.WriteLine($"  qemu-img rebase of the newer image onto no base (the older one's data copied)  {Tools.Median(merges.Rebase),6:0.00} s  (runs {Spread(merges.Rebase)})");
-        Console.WriteLine($"  ratio {Tools.Median(merges.Rebase) / Tools.Median(merges.Ours):0.0}x; within each run {Spread(Ratios(merges.Rebase, merges.Ours))}");
+        Console.WriteLine($"  free_image (qemu-img commit of the newer image into the older, then a rename)   {Tools.Median(merges.Ours),6:0.00} s  (runs {Tools.Spread(merges.Ours)})");
+        Console.WriteLine($"  qemu-img rebase of the newer image onto no base (the older one's data copied)  {Tools.Median(merges.Rebase),6:0.00} s  (runs {Tools.Spread(merges.Rebase)})");
+        Console.WriteLine($"  ratio {Tools.Median(merges.Rebase) / Tools.Median(merges.Ours):0.0}x; within each run {Tools.Spread(Ratios(merges.Rebase, merges.Ours))}");
         Console.WriteLine();
         Console.WriteLine($"daemon peak RSS over all the VM runs above: {peakKiB / 1024.0:0.0} MiB (target under 300 MiB)");
     }
@@ -162,7 +162,7 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
     private static void PrintIncremental(string how, List<double> incrementals, List<double> full)
     {
         var shares = Ratios(incrementals, full).Select(r => r * 100).ToList();
-        Console.WriteLine($"  {how}: {Tools.Median(incrementals):0.000} s (runs {Spread(incrementals)} s), full {Tools.Median(full):0.000} s");
+        Console.WriteLine($"  {how}: {Tools.Median(incrementals):0.000} s (runs {Tools.Spread(incrementals)} s), full {Tools.Median(full):0.000} s");
         Console.WriteLine($"    = {Tools.Median(incrementals) / Tools.Median(full) * 100:0.0}% of the full backup; within each round {string.Join(" ", shares.Select(p => p.ToString("0.0", CultureInfo.InvariantCulture) + "%"))} (median {Tools.Median(shares):0.0}%)");
     }
 
@@ -306,15 +306,13 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
     }
 
     /// <summary>Every run in order: this machine's timings move up to 2x between runs, and a median alone hides that.</summary>
-    private static string Spread(List<double> values) => string.Join(" ", values.Select(t => t.ToString("0.00", CultureInfo.InvariantCulture)));
-
     private static void PrintRestore(List<double> export, List<double> direct, string target)
     {
         double viaExport = Tools.Median(export), chain = Tools.Median(direct);
-        Console.WriteLine($"    through the exported file   {viaExport,6:0.00} s  {Size / (1 << 20) / viaExport,6:0} MiB/s  (runs {Spread(export)})");
-        Console.WriteLine($"    the qcow2 chain directly     {chain,6:0.00} s  {Size / (1 << 20) / chain,6:0} MiB/s  (runs {Spread(direct)})");
+        Console.WriteLine($"    through the exported file   {viaExport,6:0.00} s  {Size / (1 << 20) / viaExport,6:0} MiB/s  (runs {Tools.Spread(export)})");
+        Console.WriteLine($"    the qcow2 chain directly     {chain,6:0.00} s  {Size / (1 << 20) / chain,6:0} MiB/s  (runs {Tools.Spread(direct)})");
         var perRun = Ratios(direct, export);
-        Console.WriteLine($"    ratio {chain / viaExport:0.00}x; within each run {Spread(perRun)} (median {Tools.Median(perRun):0.00}x) {target}".TrimEnd());
+        Console.WriteLine($"    ratio {chain / viaExport:0.00}x; within each run {Tools.Spread(perRun)} (median {Tools.Median(perRun):0.00}x) {target}".TrimEnd());
     }
 
     private Task<double> TimeAsync(Func<Task> run) => Tools.TimeSettledAsync(repo, Out, run);
