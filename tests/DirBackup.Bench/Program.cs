@@ -109,23 +109,8 @@ public static class Program
         var start = daemon.Serve(socket, runtimeDir: null);
         start.RedirectStandardOutput = true;
         var process = Process.Start(start)!;
-        while (true)
-        {
-            try
-            {
-                using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
-                probe.Connect(new UnixDomainSocketEndPoint(socket));
-                return (watch.Elapsed.TotalMilliseconds, process);
-            }
-            catch (SocketException)
-            {
-                if (process.HasExited)
-                {
-                    throw new InvalidOperationException("daemon exited: " + await process.StandardOutput.ReadToEndAsync());
-                }
-                await Task.Delay(2);
-            }
-        }
+        await Tools.WaitForListenerAsync(socket, process);
+        return (watch.Elapsed.TotalMilliseconds, process);
     }
 
     private static async Task StopAsync(Process process)

@@ -29,6 +29,31 @@ public static class Tools
     }
 
     /// <summary>The middle value (the upper one of an even count).</summary>
+    /// <summary>
+    /// Returns once the daemon accepts a connection on <paramref name="socket"/>. The socket's file appears at bind,
+    /// a moment before the daemon listens: a client that only waits for the file can be refused.
+    /// </summary>
+    public static async Task WaitForListenerAsync(string socket, Process daemon)
+    {
+        while (true)
+        {
+            try
+            {
+                using var probe = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
+                probe.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(socket));
+                return;
+            }
+            catch (System.Net.Sockets.SocketException)
+            {
+                if (daemon.HasExited)
+                {
+                    throw new InvalidOperationException($"the daemon exited with code {daemon.ExitCode} before it listened on {socket} (another one left running there?)");
+                }
+                await Task.Delay(2);
+            }
+        }
+    }
+
     public static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
     /// <summary>Each run's time, in run order, for the reader to see the phases a median hides.</summary>

@@ -32,11 +32,7 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
 
         var socket = Path.Combine(work, "run", "vm-bench.sock");
         using var daemon = StartDaemon(socket);
-        await WaitForSocketAsync(socket);
-        if (daemon.HasExited)
-        {
-            throw new InvalidOperationException("the daemon did not start (another one left running on " + socket + "?)");
-        }
+        await Tools.WaitForListenerAsync(socket, daemon);
         try
         {
             await MeasureAsync(daemon, socket);
@@ -479,6 +475,7 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         return long.Parse(line.Split(' ', StringSplitOptions.RemoveEmptyEntries)[1], CultureInfo.InvariantCulture);
     }
 
+    /// <summary>For qemu-nbd, which serves one client and exits: a probe connection would be that client.</summary>
     private static async Task WaitForSocketAsync(string path)
     {
         for (int i = 0; i < 1000 && !File.Exists(path); i++)
