@@ -29,8 +29,8 @@ public sealed class CtBench(string repo, string work, DaemonCommand daemonComman
             await Tools.WaitForListenerAsync(socket, daemon);
             // Untimed: the tree is kept from one benchmark run to the next, and the VM benchmarks' writes push part of it
             // out of the page cache (1,586 of its 2,051 MiB were resident when this section began, measured once); ours,
-            // first in every round, would read that part from disk alone. This also loads the daemon's
-            // container code, as the VM benchmark's untimed backup does.
+            // first in every round, would read that part from disk alone. This also loads the daemon's container code,
+            // as the VM benchmark's untimed backup does.
             await OursAsync(socket, 1_699_999_999);
             var ours = new List<double>();
             var tar = new List<double>();

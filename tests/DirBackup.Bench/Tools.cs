@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Globalization;
+using System.Net.Sockets;
 using System.Runtime.InteropServices;
 
 namespace DirBackup.Bench;
@@ -28,7 +30,6 @@ public static class Tools
         return await stdout;
     }
 
-    /// <summary>The middle value (the upper one of an even count).</summary>
     /// <summary>
     /// Returns once the daemon accepts a connection on <paramref name="socket"/>. The socket's file appears at bind,
     /// a moment before the daemon listens: a client that only waits for the file can be refused.
@@ -39,25 +40,27 @@ public static class Tools
         {
             try
             {
-                using var probe = new System.Net.Sockets.Socket(System.Net.Sockets.AddressFamily.Unix, System.Net.Sockets.SocketType.Stream, System.Net.Sockets.ProtocolType.Unspecified);
-                probe.Connect(new System.Net.Sockets.UnixDomainSocketEndPoint(socket));
+                using var probe = new Socket(AddressFamily.Unix, SocketType.Stream, ProtocolType.Unspecified);
+                probe.Connect(new UnixDomainSocketEndPoint(socket));
                 return;
             }
-            catch (System.Net.Sockets.SocketException)
+            catch (SocketException)
             {
                 if (daemon.HasExited)
                 {
-                    throw new InvalidOperationException($"the daemon exited with code {daemon.ExitCode} before it listened on {socket} (another one left running there?)");
+                    var said = daemon.StartInfo.RedirectStandardOutput ? await daemon.StandardOutput.ReadToEndAsync() : "";
+                    throw new InvalidOperationException($"the daemon exited with code {daemon.ExitCode} before it listened on {socket} (another one left running there?) {said}");
                 }
                 await Task.Delay(2);
             }
         }
     }
 
+    /// <summary>The middle value (the upper one of an even count).</summary>
     public static double Median(List<double> values) => values.Order().ElementAt(values.Count / 2);
 
     /// <summary>Each run's time, in run order, for the reader to see the phases a median hides.</summary>
-    public static string Spread(List<double> values) => string.Join(" ", values.Select(t => t.ToString("0.00", System.Globalization.CultureInfo.InvariantCulture)));
+    public static string Spread(List<double> values) => string.Join(" ", values.Select(t => t.ToString("0.00", CultureInfo.InvariantCulture)));
 
     /// <summary>
     /// Times one run from the same starting point for every contender (MACHINE-NOTES.md): the previous run's output
