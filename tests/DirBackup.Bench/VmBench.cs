@@ -73,7 +73,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
             await OursAsync(socket, source.Socket, IncrementalStore, 200 + Runs, bitmap: true);
             // One untimed incremental as well: the untimed full backup above left the full backups' source in the page
             // cache, and this does the same for the rewrite's. Otherwise the first timed incremental alone reads it from
-            // this machine's disk (0.40-0.43 s against 0.21-0.22 s in the harness, its image dropped from the cache or not).
+            // this machine's disk (in the harness: 0.40 and 0.43 s in two of three tries with its image dropped from the
+            // cache, against 0.21-0.22 s with it cached).
             await OursAsync(socket, rewritten.Socket, IncrementalStore, 200 + Runs, bitmap: true, time: 1_700_099_999);
 
             // Each run starts by deleting the output of the one before (ours writes into the output directory like the
@@ -185,8 +186,8 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
         }
         Task IntoNull(string[] source) => Run("qemu-img", ["convert", "-n", .. source, "--target-image-opts", $"driver=null-co,size={Size}"]);
         // Untimed: the chain's layers into the page cache. The Perl loop's 20 GiB of writes pushed the oldest ones out,
-        // and the first timed run, always ours, paid for reading them from disk: it was the slowest of seven in 8 of
-        // 9 benchmark runs (1.07-2.41 s). By hand, with the layers dropped from the cache, either reader takes 1.3-2.8 s
+        // and the first timed run, always ours, paid for reading them from disk: it was the slowest of seven in 7 of
+        // 9 benchmark runs (1.26-2.41 s). By hand, with the layers dropped from the cache, either reader takes 1.3-2.8 s
         // when first and 0.3-0.6 s right after.
         await IntoNull(direct);
         var times = new List<double>[4];
