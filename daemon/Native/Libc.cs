@@ -109,6 +109,15 @@ internal static unsafe partial class Libc
     [LibraryImport(Lib, EntryPoint = "umount2", StringMarshalling = StringMarshalling.Utf8, SetLastError = true)]
     public static partial int umount2(string target, int flags);
 
+    /// <summary>Unmounts <paramref name="target"/>, or detaches it while a reader still holds it (it goes when they let go).</summary>
+    public static void UnmountOrDetach(string target)
+    {
+        if (umount2(target, 0) != 0)
+        {
+            umount2(target, MNT_DETACH);
+        }
+    }
+
     [LibraryImport(Lib, EntryPoint = "read", SetLastError = true)]
     public static partial nint read(int fd, void* buf, nuint count);
 

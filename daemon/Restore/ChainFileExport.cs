@@ -127,10 +127,7 @@ public sealed partial class ChainFileExport : IChainExport
     /// </summary>
     public async Task StopAsync()
     {
-        if (Libc.umount2(Path, 0) != 0)
-        {
-            Libc.umount2(Path, Libc.MNT_DETACH);
-        }
+        Libc.UnmountOrDetach(Path);
         _initialized.TrySetResult("the restore export was stopped before the kernel started it");
         try
         {

@@ -24,7 +24,7 @@ public sealed class ChainMap
         _starts = ranges.Select(r => r.Start).ToArray();
         _offsets = ranges.Select(r => r.Offset).ToArray();
         _layers = ranges.Select(r => r.Layer).ToArray();
-        DataBytes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] != Zero).Sum(i => End(i) - _starts[i]);
+        DataBytes = DataRanges().Sum(r => r.Length);
         var holes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] == Zero && End(i) - _starts[i] >= MinimumHole).ToList();
         _holeStarts = holes.Select(i => _starts[i]).ToArray();
         _holeEnds = holes.Select(End).ToArray();

@@ -141,10 +141,7 @@ public sealed unsafe class ReflinkExport : IChainExport
 
     private static void Unmount(string mountpoint)
     {
-        if (Libc.umount2(mountpoint, 0) != 0)
-        {
-            Libc.umount2(mountpoint, Libc.MNT_DETACH);
-        }
+        Libc.UnmountOrDetach(mountpoint);
         try
         {
             File.Delete(mountpoint);
