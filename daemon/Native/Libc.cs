@@ -40,10 +40,13 @@ internal static unsafe partial class Libc
     public const int O_RDONLY = 0;
     public const int O_DIRECTORY = 0x10000;
     public const int O_CLOEXEC = 0x80000;
+    public const int F_OFD_GETLK = 36;
     public const int F_OFD_SETLK = 37;
     public const int MADV_HUGEPAGE = 14;
+    public const short F_RDLCK = 0;
     public const short F_WRLCK = 1;
     public const short F_UNLCK = 2;
+    public const ulong ST_RDONLY = 1;
     public const int EAGAIN = 11;
     public const int EACCES = 13;
     public const int EINTR = 4;

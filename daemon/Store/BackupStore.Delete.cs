@@ -18,10 +18,7 @@ public sealed partial class BackupStore
         using (await LockGuestIfPresentAsync(volume, cancellationToken).ConfigureAwait(false))
         {
             var manifest = ReadManifest(volume, evenIfMerging: true);
-            if (InUse.IsInUse(Root, volume))
-            {
-                throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored; try again after the restore");
-            }
+            using var claim = InUse.BeginDelete(Root, volume);
             if (manifest.Protected)
             {
                 throw new DirBackupException(ErrorCode.Protected, $"cannot remove protected backup '{volume}' on '{config.StoreId}': remove the protection first");
@@ -36,7 +33,7 @@ public sealed partial class BackupStore
             var dependents = DependentImages(volume);
             if (dependents.Count > 0)
             {
-                await MergeIntoDependentsAsync(volume, manifest, dependents, log, cancellationToken).ConfigureAwait(false);
+                await MergeIntoDependentsAsync(volume, manifest, dependents, claim, log, cancellationToken).ConfigureAwait(false);
             }
             cancellationToken.ThrowIfCancellationRequested();
             doomed = Path.Combine(GuestDir(volume.VmId), $"{DeletingPrefix}{volume.BackupDirName}-{Guid.NewGuid():N}");

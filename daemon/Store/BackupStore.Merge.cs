@@ -20,9 +20,9 @@ public sealed partial class BackupStore
     /// stay whole at every step. A crash or failure part way is finished by the next delete of it, or by a prune.
     /// </summary>
     private async Task MergeIntoDependentsAsync(VolumeName volume, Manifest manifest, List<DependentImage> dependents,
-        Func<string, Task>? log, CancellationToken cancellationToken)
+        InUse.DeleteClaim claim, Func<string, Task>? log, CancellationToken cancellationToken)
     {
-        using var claim = InUse.BeginMerge(Root, volume);
+        claim.ExcludeRestoresOfGuest();
         var shared = dependents.GroupBy(d => d.Device.Name).FirstOrDefault(g => g.Count() > 1);
         if (shared is not null)
         {

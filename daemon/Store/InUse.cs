@@ -1,73 +1,176 @@
-using System.Collections.Concurrent;
+using System.Runtime.InteropServices;
 using DirBackup.Errors;
+using DirBackup.Native;
 
 namespace DirBackup.Store;
 
 /// <summary>
-/// Backups this daemon is reading for a restore, and guests whose chains it is merging. A backup in use cannot be
-/// deleted until the restore's cleanup ends its use; a merge changes image files that restores of the same guest
-/// may read, so the two exclude each other. Each side registers before it looks for the other, so of two that
-/// start together at least one sees the other and backs off.
+/// Restores, deletes and merges of a guest's backups exclude each other through open-file-description locks on
+/// <c>.restore.lock</c> in the guest's directory. Being the kernel's (and, through NFS's lock manager, the server's),
+/// they hold between the nodes of a cluster that share the storage as well as within this daemon:
+/// <list type="bullet">
+/// <item>a restore holds a shared lock on its backup's byte (see <see cref="ByteOf"/>) from its init to its cleanup;</item>
+/// <item>a delete holds that byte exclusively, so a backup being restored is not deleted, nor restored while deleted;</item>
+/// <item>a merge changes images that the restore of any backup of the guest may read, so it holds the whole file.</item>
+/// </list>
+/// Every lock is only tried, never waited for, and goes with the process holding it: a crashed daemon leaves none.
 /// </summary>
 public static class InUse
 {
-    private static readonly ConcurrentDictionary<(string Root, VolumeName Volume), int> Uses = new();
-    private static readonly ConcurrentDictionary<(string Root, int VmId), int> Merges = new();
+    public const string FileName = ".restore.lock";
 
+    private static readonly Lock Gate = new();
+    private static readonly Dictionary<(string Root, VolumeName Volume), Use> Uses = [];
+
+    /// <summary>A byte per backup; VM and container backups of one guest id may share a backup time.</summary>
+    private static long ByteOf(VolumeName volume) => volume.BackupTime * 2 + (volume.Type == GuestType.Lxc ? 1 : 0);
+
+    private static VolumeName VolumeAt(int vmid, long offset) => new(vmid, offset % 2 == 1 ? GuestType.Lxc : GuestType.Qemu, offset / 2);
+
+    /// <summary>Marks a backup as being restored; each call is undone by <see cref="Release"/> or all at once by <see cref="ReleaseAll"/>.</summary>
     public static void Acquire(string root, VolumeName volume)
     {
-        Uses.AddOrUpdate((root, volume), 1, (_, n) => n + 1);
-        if (Merges.ContainsKey((root, volume.VmId)))
+        lock (Gate)
         {
-            Release(root, volume);
-            throw new DirBackupException(ErrorCode.Busy,
-                $"cannot restore '{volume}' now: a backup of guest {volume.VmId} is being merged into a newer one (a delete or prune is running); try again when it ends");
+            if (Uses.TryGetValue((root, volume), out var use))
+            {
+                use.Count++;
+                return;
+            }
+            var file = OpenLockFile(root, volume.VmId, forWriting: false);
+            if (file is not null && TryLock(file, Libc.F_RDLCK, ByteOf(volume), 1) is { } holder)
+            {
+                file.Dispose();
+                throw new DirBackupException(ErrorCode.Busy, holder.Length == 1
+                    ? $"cannot restore '{volume}' now: it is being deleted, here or on another node sharing the storage"
+                    : $"cannot restore '{volume}' now: a backup of guest {volume.VmId} is being merged into a newer one (a delete or prune is running, here or on another node sharing the storage); try again when it ends");
+            }
+            Uses[(root, volume)] = new Use(file);
         }
-    }
-
-    public static void ReleaseAll(string root, VolumeName volume) => Uses.TryRemove((root, volume), out _);
-
-    public static bool IsInUse(string root, VolumeName volume) => Uses.ContainsKey((root, volume));
-
-    /// <summary>Claims a guest for a merge; refused while any backup of the guest is being restored.</summary>
-    public static IDisposable BeginMerge(string root, VolumeName merged)
-    {
-        var key = (root, merged.VmId);
-        Merges.AddOrUpdate(key, 1, (_, n) => n + 1);
-        var reading = Uses.Keys.Where(k => k.Root == root && k.Volume.VmId == merged.VmId).Select(k => $"'{k.Volume}'").ToList();
-        if (reading.Count > 0)
-        {
-            EndMerge(key);
-            throw new DirBackupException(ErrorCode.Busy,
-                $"cannot remove backup '{merged}': merging it into the backups based on it changes images that the restore of {string.Join(", ", reading)} reads; try again after the restore");
-        }
-        return new MergeClaim(key);
     }
 
     /// <summary>Gives back one <see cref="Acquire"/> whose use never started.</summary>
-    public static void Release(string root, VolumeName volume) => Decrement(Uses, (root, volume));
-
-    private static void EndMerge((string Root, int VmId) key) => Decrement(Merges, key);
-
-    /// <summary>One holder fewer; the key goes with the last (unless another holder came back in between).</summary>
-    private static void Decrement<TKey>(ConcurrentDictionary<TKey, int> holders, TKey key)
-        where TKey : notnull
+    public static void Release(string root, VolumeName volume)
     {
-        if (holders.AddOrUpdate(key, 0, (_, n) => n - 1) <= 0)
+        lock (Gate)
         {
-            holders.TryRemove(new KeyValuePair<TKey, int>(key, 0));
+            if (Uses.TryGetValue((root, volume), out var use) && --use.Count == 0)
+            {
+                Uses.Remove((root, volume));
+                use.File?.Dispose();
+            }
         }
     }
 
-    private sealed class MergeClaim((string Root, int VmId) key) : IDisposable
+    public static void ReleaseAll(string root, VolumeName volume)
     {
-        private int _disposed;
-
-        public void Dispose()
+        lock (Gate)
         {
-            if (Interlocked.Exchange(ref _disposed, 1) == 0)
+            if (Uses.Remove((root, volume), out var use))
             {
-                EndMerge(key);
+                use.File?.Dispose();
+            }
+        }
+    }
+
+    /// <summary>Whether this daemon is restoring the backup.</summary>
+    public static bool IsInUse(string root, VolumeName volume)
+    {
+        lock (Gate)
+        {
+            return Uses.ContainsKey((root, volume));
+        }
+    }
+
+    /// <summary>Claims a backup for deletion; refused while it is being restored, here or on another node.</summary>
+    public static DeleteClaim BeginDelete(string root, VolumeName volume)
+    {
+        var file = OpenLockFile(root, volume.VmId, forWriting: true)!;
+        if (TryLock(file, Libc.F_WRLCK, ByteOf(volume), 1) is not null)
+        {
+            file.Dispose();
+            throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored, here or on another node sharing the storage; try again after the restore");
+        }
+        return new DeleteClaim(file, volume);
+    }
+
+    /// <summary>A backup being deleted: nothing restores it until the claim is disposed.</summary>
+    public sealed class DeleteClaim(FileStream file, VolumeName volume) : IDisposable
+    {
+        /// <summary>
+        /// Before the backup is merged into newer ones: the whole guest, refused while any of its backups is being
+        /// restored. On refusal the claim keeps what it held.
+        /// </summary>
+        public void ExcludeRestoresOfGuest()
+        {
+            if (TryLock(file, Libc.F_WRLCK, 0, 0) is { } holder)
+            {
+                throw new DirBackupException(ErrorCode.Busy,
+                    $"cannot remove backup '{volume}': merging it into the backups based on it changes images that the restore of '{VolumeAt(volume.VmId, holder.Start)}' reads; try again after the restore");
+            }
+        }
+
+        // Closing the descriptor releases its locks.
+        public void Dispose() => file.Dispose();
+    }
+
+    private sealed class Use(FileStream? file)
+    {
+        public FileStream? File { get; } = file;
+        public int Count { get; set; } = 1;
+    }
+
+    /// <summary>
+    /// The guest's lock file. On a storage mounted read-only this node can neither create it nor change any backup,
+    /// so a restore goes ahead without it.
+    /// </summary>
+    private static FileStream? OpenLockFile(string root, int vmid, bool forWriting)
+    {
+        var path = Path.Combine(root, vmid.ToString(System.Globalization.CultureInfo.InvariantCulture), FileName);
+        try
+        {
+            // Opened for writing even to read-lock it: .NET then leaves out its own flock, which NFS would turn into a
+            // lock on the whole file.
+            return new FileStream(path, FileMode.OpenOrCreate, FileAccess.ReadWrite, FileShare.ReadWrite | FileShare.Delete);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            if (!forWriting && Libc.statvfs(Path.GetDirectoryName(path)!, out var vfs) == 0 && (vfs.f_flag & Libc.ST_RDONLY) != 0)
+            {
+                return null;
+            }
+            throw DirBackupException.Io($"cannot open the restore lock '{path}': {e.Message}");
+        }
+    }
+
+    /// <summary>
+    /// Takes or converts this descriptor's lock on [start, start+length) (length 0: to the end of the file); on
+    /// conflict, returns a lock in the way.
+    /// </summary>
+    private static (long Start, long Length)? TryLock(FileStream file, short type, long start, long length)
+    {
+        int fd = (int)file.SafeFileHandle.DangerousGetHandle();
+        for (int attempt = 1; ; attempt++)
+        {
+            var lk = new Libc.Flock { l_type = type, l_whence = 0, l_start = start, l_len = length };
+            if (Libc.fcntl_lock(fd, Libc.F_OFD_SETLK, ref lk) == 0)
+            {
+                return null;
+            }
+            int errno = Marshal.GetLastPInvokeError();
+            if (errno is not (Libc.EAGAIN or Libc.EACCES or Libc.EINTR))
+            {
+                throw DirBackupException.Io($"cannot lock '{file.Name}': {Libc.Describe(errno)}");
+            }
+            var holder = new Libc.Flock { l_type = type, l_whence = 0, l_start = start, l_len = length };
+            if (Libc.fcntl_lock(fd, Libc.F_OFD_GETLK, ref holder) == 0 && holder.l_type != Libc.F_UNLCK)
+            {
+                return (holder.l_start, holder.l_len);
+            }
+            if (attempt == 3)
+            {
+                // Whoever was in the way keeps letting go and coming back: the caller's own range says what was.
+                return (start, length);
             }
         }
     }

@@ -100,7 +100,7 @@ public sealed class StorageBuilder
 
     /// <summary>Every backup file with its hash, to prove a refused call changed nothing; lock files are not backup state.</summary>
     public string Snapshot() => string.Join("\n", Directory.EnumerateFileSystemEntries(Root, "*", SearchOption.AllDirectories)
-        .Where(p => Path.GetFileName(p) != ".lock")
+        .Where(p => Path.GetFileName(p) is not (".lock" or DirBackup.Store.InUse.FileName))
         .Order(StringComparer.Ordinal)
         .Select(p => File.Exists(p) ? $"{p} {Convert.ToHexString(System.Security.Cryptography.SHA256.HashData(File.ReadAllBytes(p)))}" : p));
 

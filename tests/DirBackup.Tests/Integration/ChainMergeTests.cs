@@ -138,8 +138,11 @@ public sealed class ChainMergeTests : IDisposable
         var merged = new VolumeName(100, GuestType.Qemu, 1700000000);
         var restored = new VolumeName(100, GuestType.Qemu, 1700172800);
         var otherGuest = new VolumeName(101, GuestType.Qemu, 1700172800);
-        using (InUse.BeginMerge(_storage.Root, merged))
+        Directory.CreateDirectory(Path.Combine(_storage.Root, "100"));
+        Directory.CreateDirectory(Path.Combine(_storage.Root, "101"));
+        using (var merge = InUse.BeginDelete(_storage.Root, merged))
         {
+            merge.ExcludeRestoresOfGuest();
             var e = Assert.Throws<DirBackupException>(() => InUse.Acquire(_storage.Root, restored));
             Assert.Equal(ErrorCode.Busy, e.Code);
             Assert.False(InUse.IsInUse(_storage.Root, restored));
@@ -149,6 +152,38 @@ public sealed class ChainMergeTests : IDisposable
         InUse.Acquire(_storage.Root, restored);
         Assert.True(InUse.IsInUse(_storage.Root, restored));
         InUse.ReleaseAll(_storage.Root, restored);
+    }
+
+    [Fact]
+    public void A_vm_and_a_container_backup_of_one_guest_id_and_time_are_locked_apart()
+    {
+        var vm = new VolumeName(100, GuestType.Qemu, 1700000000);
+        var container = new VolumeName(100, GuestType.Lxc, 1700000000);
+        Directory.CreateDirectory(Path.Combine(_storage.Root, "100"));
+        using (InUse.BeginDelete(_storage.Root, vm))
+        {
+            InUse.Acquire(_storage.Root, container);
+            InUse.ReleaseAll(_storage.Root, container);
+        }
+    }
+
+    [Fact]
+    public async Task A_restore_from_a_storage_mounted_read_only_needs_no_lock_file()
+    {
+        var (_, _, second) = await ChainAsync();
+        File.Delete(Path.Combine(_storage.Root, "100", InUse.FileName));
+        await SourceDisk.Run("mount", "--bind", "-o", "ro", _storage.Root, _storage.Root);
+        try
+        {
+            InUse.Acquire(_storage.Root, second.Volume);
+            Assert.True(InUse.IsInUse(_storage.Root, second.Volume));
+            InUse.ReleaseAll(_storage.Root, second.Volume);
+            Assert.False(File.Exists(Path.Combine(_storage.Root, "100", InUse.FileName)));
+        }
+        finally
+        {
+            await SourceDisk.Run("umount", _storage.Root);
+        }
     }
 
     /// <summary>What a backup of guest 100 writes first: its staging directory with a manifest naming its parent.</summary>

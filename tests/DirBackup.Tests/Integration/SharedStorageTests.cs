@@ -1,0 +1,85 @@
+using DirBackup.Errors;
+using DirBackup.Store;
+using DirBackup.Tests.Infrastructure;
+using Xunit;
+
+namespace DirBackup.Tests.Integration;
+
+/// <summary>
+/// Two nodes of a cluster sharing one storage, each with its own daemon: a restore on one and a delete or merge on the
+/// other exclude each other through the guest's lock file, as they do within one daemon. The third party, holding a
+/// delete's locks as another node's daemon does, stands for a delete or merge caught in progress.
+/// </summary>
+[Collection(PathSocketCollection.Name)]
+public sealed class SharedStorageTests(PathSocketDaemon nodeA) : IAsyncLifetime
+{
+    private const string Full = "backup/100/qemu-1700000000";
+    private const string Incremental = "backup/100/qemu-1700086400";
+    private readonly TempDir _dir = new("dirbackupd-node-b");
+    private DaemonProcess? _nodeB;
+    private StorageBuilder _storage = null!;
+
+    public async Task InitializeAsync()
+    {
+        _nodeB = await DaemonProcess.StartAsync(_dir.Combine("run", "dirbackupd.sock"));
+        _storage = nodeA.NewStorage("shared");
+        await _storage.AddVmWithImageAsync(100, 1700000000, null, "write -P 1 0 1M");
+        await _storage.AddVmWithImageAsync(100, 1700086400, "1700000000", "write -P 2 512K 64K");
+    }
+
+    public async Task DisposeAsync()
+    {
+        await _nodeB!.DisposeAsync();
+        _dir.Dispose();
+    }
+
+    private LineClient NodeB() => LineClient.Connect(_nodeB!.SocketPath);
+
+    [Fact]
+    public void A_backup_being_restored_on_one_node_is_neither_deleted_nor_merged_away_on_another_until_the_restore_ends()
+    {
+        using var a = nodeA.Connect();
+        using var b = NodeB();
+        a.Call("restore_vm_init", Json.Params(_storage, ("volname", Incremental)));
+        var before = _storage.Snapshot();
+
+        var deleted = b.Fail("free_image", Json.Params(_storage, ("volname", Incremental)));
+        Assert.Equal((int)ErrorCode.Busy, deleted.Code);
+        Assert.Equal($"cannot remove backup '{Incremental}': it is being restored, here or on another node sharing the storage; try again after the restore", deleted.Message);
+        var merged = b.Fail("free_image", Json.Params(_storage, ("volname", Full)));
+        Assert.Equal((int)ErrorCode.Busy, merged.Code);
+        Assert.Contains($"changes images that the restore of '{Incremental}' reads", merged.Message, StringComparison.Ordinal);
+        Assert.Equal(before, _storage.Snapshot());
+
+        a.Call("restore_vm_cleanup", Json.Params(_storage, ("volname", Incremental)));
+        b.Call("free_image", Json.Params(_storage, ("volname", Full)));
+        Assert.False(Directory.Exists(Path.Combine(_storage.Root, "100", "qemu-1700000000")));
+        b.Call("free_image", Json.Params(_storage, ("volname", Incremental)));
+    }
+
+    [Fact]
+    public void A_restore_is_refused_on_any_node_while_its_backup_is_deleted_or_its_guest_merged_and_allowed_after()
+    {
+        using var a = nodeA.Connect();
+        using (var deleting = InUse.BeginDelete(_storage.Root, VolumeName.Parse(Full)))
+        {
+            var e = a.Fail("restore_vm_init", Json.Params(_storage, ("volname", Full)));
+            Assert.Equal((int)ErrorCode.Busy, e.Code);
+            Assert.Equal($"cannot restore '{Full}' now: it is being deleted, here or on another node sharing the storage", e.Message);
+            // Deleting one backup leaves the others of the guest free to restore, until it comes to a merge.
+            a.Call("restore_vm_init", Json.Params(_storage, ("volname", Incremental)));
+            a.Call("restore_vm_cleanup", Json.Params(_storage, ("volname", Incremental)));
+
+            deleting.ExcludeRestoresOfGuest();
+            e = a.Fail("restore_vm_init", Json.Params(_storage, ("volname", Incremental)));
+            Assert.Equal((int)ErrorCode.Busy, e.Code);
+            Assert.Contains("a backup of guest 100 is being merged into a newer one", e.Message, StringComparison.Ordinal);
+        }
+        a.Call("restore_vm_init", Json.Params(_storage, ("volname", Incremental)));
+        using (var b = NodeB())
+        {
+            Assert.Equal((int)ErrorCode.Busy, b.Fail("free_image", Json.Params(_storage, ("volname", Incremental))).Code);
+        }
+        a.Call("restore_vm_cleanup", Json.Params(_storage, ("volname", Incremental)));
+    }
+}
