@@ -332,13 +332,14 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         }
         if (manifest.Archive == ContainerBackup.ArchiveFile)
         {
+            ContainerMounts.HoldArchive(store, volume);
             return new Dictionary<string, string> { ["tar-path"] = path };
         }
         var directory = await restores.Containers.MountAsync(store, volume, path, context.CancellationToken).ConfigureAwait(false);
         return new Dictionary<string, string> { ["archive-directory"] = directory };
     }
 
-    /// <summary>Unmounts a directory restore (idempotent); a tar restore mounted nothing.</summary>
+    /// <summary>Ends a restore (idempotent): a directory restore's mount goes, and either kind's backup may be deleted again.</summary>
     [RpcMethod("restore_container_cleanup")]
     private async Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context)
     {

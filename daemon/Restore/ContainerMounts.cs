@@ -46,7 +46,16 @@ public sealed class ContainerMounts(string exportDir)
         }
     }
 
-    /// <summary>Idempotent. A mount still in use stays mounted and the cleanup says so; calling it again later finishes it.</summary>
+    /// <summary>
+    /// The tar mechanism: PVE reads the archive in place, so it must not be deleted before the cleanup (from another
+    /// node of a shared storage, a delete would pull the file from under the reader).
+    /// </summary>
+    public static void HoldArchive(BackupStore store, VolumeName volume) => InUse.Acquire(store.Root, volume);
+
+    /// <summary>
+    /// The cleanup of either mechanism; idempotent. A mount still in use stays mounted and the cleanup says so;
+    /// calling it again later finishes it.
+    /// </summary>
     public async Task UnmountAsync(BackupStore store, VolumeName volume)
     {
         await _lock.WaitAsync().ConfigureAwait(false);
@@ -54,6 +63,7 @@ public sealed class ContainerMounts(string exportDir)
         {
             if (!_mounts.TryGetValue((store.Root, volume), out var mountpoint))
             {
+                InUse.ReleaseAll(store.Root, volume);
                 return;
             }
             try

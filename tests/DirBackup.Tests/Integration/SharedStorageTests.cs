@@ -1,3 +1,4 @@
+using System.Text.Json.Nodes;
 using DirBackup.Errors;
 using DirBackup.Store;
 using DirBackup.Tests.Infrastructure;
@@ -81,5 +82,22 @@ public sealed class SharedStorageTests(PathSocketDaemon nodeA) : IAsyncLifetime
             Assert.Equal((int)ErrorCode.Busy, b.Fail("free_image", Json.Params(_storage, ("volname", Incremental))).Code);
         }
         a.Call("restore_vm_cleanup", Json.Params(_storage, ("volname", Incremental)));
+    }
+
+    [Fact]
+    public void A_container_archive_that_pve_reads_in_place_is_not_deleted_on_another_node_until_the_cleanup()
+    {
+        var container = _storage.AddContainer(101, 1700000000);
+        using var a = nodeA.Connect();
+        using var b = NodeB();
+        a.Call("restore_container_init", Json.Params(_storage, ("volname", container.VolName), ("info", new JsonObject())));
+        var e = b.Fail("free_image", Json.Params(_storage, ("volname", container.VolName)));
+        Assert.Equal((int)ErrorCode.Busy, e.Code);
+        Assert.True(File.Exists(Path.Combine(container.Directory, "archive.tar")));
+
+        a.Call("restore_container_cleanup", Json.Params(_storage, ("volname", container.VolName), ("info", new JsonObject())));
+        a.Call("restore_container_cleanup", Json.Params(_storage, ("volname", container.VolName), ("info", new JsonObject())));
+        b.Call("free_image", Json.Params(_storage, ("volname", container.VolName)));
+        Assert.False(Directory.Exists(container.Directory));
     }
 }
