@@ -65,9 +65,10 @@ public static class Tools
     /// <summary>
     /// Times one run from the same starting point for every contender (MACHINE-NOTES.md): the previous run's output
     /// deleted and synced (deleting gigabytes stalls later writes on this disk), then memory warmed right before the
-    /// clock starts, because the machine's memory turns slow again while it idles.
+    /// clock starts, because the machine's memory turns slow again while it idles. A run that only takes a fraction of
+    /// a second is better off without the warm-up (see <see cref="WarmMemory"/>).
     /// </summary>
-    public static async Task<double> TimeSettledAsync(string repo, string outDir, Func<Task> run, bool syncAfter = false)
+    public static async Task<double> TimeSettledAsync(string repo, string outDir, Func<Task> run, bool syncAfter = false, bool warmMemory = true)
     {
         if (Directory.Exists(outDir))
         {
@@ -76,7 +77,10 @@ public static class Tools
         Directory.CreateDirectory(outDir);
         await RunAsync(repo, "sync", []);
         await Task.Delay(2000);
-        WarmMemory();
+        if (warmMemory)
+        {
+            WarmMemory();
+        }
         var watch = Stopwatch.StartNew();
         await run();
         if (syncAfter)
@@ -140,6 +144,12 @@ public static class Tools
     /// blocks (free page reporting, order 9); a warm-up made of 4 KiB pages (a tmpfs file) left those blocks cold, so
     /// whoever later allocated 2 MiB page-cache folios (2 MiB writes into a file) paid the hypervisor's faults: 1.6 GB
     /// written in 2 MiB pieces took 1.9-3.8 s after a tmpfs warm-up and 0.29-0.37 s after this one.
+    /// The warm-up has an after-effect of its own, though: for seconds after it, starting processes and touching new
+    /// memory run about half as fast here. An incremental backup (0.13-0.2 s, two new processes) lies wholly inside
+    /// that. Incrementals right after a qemu-img convert each, as in the benchmark's rounds and with free page
+    /// reporting held off as here (scratch harness): 0.14-0.20 s in 10 of 10 without the warm-up; with it, 0.29-0.38 s
+    /// in 12 of 14 (0.15 and 0.17 s in the other two), `qemu-img create` alone taking 24-71 ms instead of 8-13 ms.
+    /// Waiting 2 s after the warm-up still left 5 of 10 at 0.31-0.35 s.
     /// </summary>
     public static void WarmMemory()
     {
