@@ -162,6 +162,7 @@ public sealed class ChainMergeTests : IDisposable
         Directory.CreateDirectory(Path.Combine(_storage.Root, "100"));
         using (InUse.BeginDelete(_storage.Root, vm))
         {
+            Assert.Equal(ErrorCode.Busy, Assert.Throws<DirBackupException>(() => InUse.Acquire(_storage.Root, vm)).Code);
             InUse.Acquire(_storage.Root, container);
             InUse.ReleaseAll(_storage.Root, container);
         }
