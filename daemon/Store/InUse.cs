@@ -19,6 +19,9 @@ public static class InUse
 {
     public const string FileName = ".restore.lock";
 
+    /// <summary>PVE always ends a restore with its cleanup call, unless its task was killed outright.</summary>
+    private const string StaleHint = "a restore whose task was killed holds it until dirbackupd restarts on its node";
+
     private static readonly Lock Gate = new();
     private static readonly Dictionary<(string Root, VolumeName Volume), Use> Uses = [];
 
@@ -89,7 +92,7 @@ public static class InUse
         if (TryLock(file, Libc.F_WRLCK, ByteOf(volume), 1) is not null)
         {
             file.Dispose();
-            throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored, here or on another node sharing the storage; try again after the restore");
+            throw new DirBackupException(ErrorCode.Busy, $"cannot remove backup '{volume}': it is being restored, here or on another node sharing the storage; try again after the restore ({StaleHint})");
         }
         return new DeleteClaim(file, volume);
     }
@@ -106,7 +109,7 @@ public static class InUse
             if (TryLock(file, Libc.F_WRLCK, 0, 0) is { } holder)
             {
                 throw new DirBackupException(ErrorCode.Busy,
-                    $"cannot remove backup '{volume}': merging it into the backups based on it changes images that the restore of '{VolumeAt(volume.VmId, holder.Start)}' reads; try again after the restore");
+                    $"cannot remove backup '{volume}': merging it into the backups based on it changes images that the restore of '{VolumeAt(volume.VmId, holder.Start)}' reads; try again after the restore ({StaleHint})");
             }
         }
 

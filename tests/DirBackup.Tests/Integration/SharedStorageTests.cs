@@ -46,7 +46,7 @@ public sealed class SharedStorageTests(PathSocketDaemon nodeA) : IAsyncLifetime
 
         var deleted = b.Fail("free_image", Json.Params(_storage, ("volname", Incremental)));
         Assert.Equal((int)ErrorCode.Busy, deleted.Code);
-        Assert.Equal($"cannot remove backup '{Incremental}': it is being restored, here or on another node sharing the storage; try again after the restore", deleted.Message);
+        Assert.Equal($"cannot remove backup '{Incremental}': it is being restored, here or on another node sharing the storage; try again after the restore (a restore whose task was killed holds it until dirbackupd restarts on its node)", deleted.Message);
         var merged = b.Fail("free_image", Json.Params(_storage, ("volname", Full)));
         Assert.Equal((int)ErrorCode.Busy, merged.Code);
         Assert.Contains($"changes images that the restore of '{Incremental}' reads", merged.Message, StringComparison.Ordinal);
