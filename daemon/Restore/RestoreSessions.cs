@@ -23,6 +23,8 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
     public async Task<string> ExportAsync(BackupStore store, VolumeName volume, string device, ILogger logger, CancellationToken cancellationToken)
     {
         var key = (store.Root, volume, device);
+        // A backup that is not there says so, before its guest's lock file is looked for.
+        store.ReadManifest(volume);
         InUse.Acquire(store.Root, volume);
         var lazy = _exports.GetOrAdd(key, _ => new Lazy<Task<IChainExport>>(() => StartAsync(store, volume, device, logger, cancellationToken)));
         try

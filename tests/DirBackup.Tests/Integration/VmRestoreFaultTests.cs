@@ -122,6 +122,13 @@ public sealed class VmRestoreFaultTests(PathSocketDaemon daemon)
         Assert.Equal((int)ErrorCode.NotFound, e.Code);
         e = s.Client.Fail("restore_vm_volume_init", Json.Params(s.Storage, ("volname", "backup/100/lxc-1700000000"), ("device", Device), ("info", new JsonObject())));
         Assert.Contains("container backup", e.Message, StringComparison.Ordinal);
+        foreach (var absent in new[] { "backup/100/qemu-1600000000", "backup/4242/qemu-1700000000" })
+        {
+            e = s.Client.Fail("restore_vm_volume_init", Json.Params(s.Storage, ("volname", absent), ("device", Device), ("info", new JsonObject())));
+            Assert.Equal((int)ErrorCode.NotFound, e.Code);
+            Assert.Equal($"backup '{absent}' does not exist on storage '{s.Storage.StoreId}'", e.Message);
+        }
+        Assert.False(Directory.Exists(Path.Combine(s.Storage.Root, "4242")));
         Assert.False(Directory.Exists(ExportDir) && Directory.EnumerateFiles(ExportDir).Any());
     }
 
