@@ -124,8 +124,9 @@ public static class InUse
     }
 
     /// <summary>
-    /// The guest's lock file. On a storage mounted read-only this node can neither create it nor change any backup,
-    /// so a restore goes ahead without it.
+    /// The guest's lock file. Where this node may not write it (a storage mounted read-only, or an NFS export that
+    /// squashes root), it cannot change any backup of the guest either, so a restore goes ahead without the lock, as
+    /// restores did before there was one.
     /// </summary>
     private static FileStream? OpenLockFile(string root, int vmid, bool forWriting)
     {
@@ -138,7 +139,9 @@ public static class InUse
         }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException)
         {
-            if (!forWriting && Libc.statvfs(Path.GetDirectoryName(path)!, out var vfs) == 0 && (vfs.f_flag & Libc.ST_RDONLY) != 0)
+            bool mayNotWrite = e is UnauthorizedAccessException
+                || (Libc.statvfs(Path.GetDirectoryName(path)!, out var vfs) == 0 && (vfs.f_flag & Libc.ST_RDONLY) != 0);
+            if (!forWriting && mayNotWrite)
             {
                 return null;
             }

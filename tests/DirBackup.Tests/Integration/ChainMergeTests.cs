@@ -187,6 +187,31 @@ public sealed class ChainMergeTests : IDisposable
         }
     }
 
+    [Fact]
+    public async Task A_lock_file_this_node_may_not_write_lets_restores_through_and_refuses_deletes_clearly()
+    {
+        var (full, _, second) = await ChainAsync();
+        var lockFile = Path.Combine(_storage.Root, "100", InUse.FileName);
+        File.WriteAllBytes(lockFile, []);
+        // Root cannot open an immutable file for writing: as near as root gets to an NFS export that squashes root.
+        await SourceDisk.Run("chattr", "+i", lockFile);
+        try
+        {
+            InUse.Acquire(_storage.Root, second.Volume);
+            Assert.True(InUse.IsInUse(_storage.Root, second.Volume));
+            InUse.ReleaseAll(_storage.Root, second.Volume);
+            var e = await Assert.ThrowsAsync<DirBackupException>(() => _store.DeleteAsync(full.Volume, default));
+            Assert.Equal(ErrorCode.IoError, e.Code);
+            Assert.StartsWith($"cannot open the restore lock '{lockFile}': ", e.Message, StringComparison.Ordinal);
+            Assert.DoesNotContain('\n', e.Message);
+            Assert.True(Directory.Exists(full.Directory));
+        }
+        finally
+        {
+            await SourceDisk.Run("chattr", "-i", lockFile);
+        }
+    }
+
     /// <summary>What a backup of guest 100 writes first: its staging directory with a manifest naming its parent.</summary>
     private string StageBackup(long time, string parent)
     {
