@@ -39,9 +39,15 @@ public sealed class FileLock : IDisposable
         }
     }
 
-    private static bool TryLock(FileStream file, string path)
+    private static bool TryLock(FileStream file, string path) => TrySetRange(file, path, Libc.F_WRLCK, 0, 0);
+
+    /// <summary>
+    /// Takes, converts or gives back this open file description's lock on [start, start+length) (length 0: to the end
+    /// of the file) without waiting; false when another description's lock is in the way.
+    /// </summary>
+    internal static bool TrySetRange(FileStream file, string path, short type, long start, long length)
     {
-        var lk = new Libc.Flock { l_type = Libc.F_WRLCK, l_whence = 0, l_start = 0, l_len = 0 };
+        var lk = new Libc.Flock { l_type = type, l_whence = 0, l_start = start, l_len = length };
         int fd = (int)file.SafeFileHandle.DangerousGetHandle();
         if (Libc.fcntl_lock(fd, Libc.F_OFD_SETLK, ref lk) == 0)
         {

@@ -1,4 +1,3 @@
-using System.Runtime.InteropServices;
 using DirBackup.Errors;
 using DirBackup.Native;
 
@@ -155,21 +154,14 @@ public static class InUse
     /// </summary>
     private static (long Start, long Length)? TryLock(FileStream file, short type, long start, long length)
     {
-        int fd = (int)file.SafeFileHandle.DangerousGetHandle();
         for (int attempt = 1; ; attempt++)
         {
-            var lk = new Libc.Flock { l_type = type, l_whence = 0, l_start = start, l_len = length };
-            if (Libc.fcntl_lock(fd, Libc.F_OFD_SETLK, ref lk) == 0)
+            if (FileLock.TrySetRange(file, file.Name, type, start, length))
             {
                 return null;
             }
-            int errno = Marshal.GetLastPInvokeError();
-            if (errno is not (Libc.EAGAIN or Libc.EACCES or Libc.EINTR))
-            {
-                throw DirBackupException.Io($"cannot lock '{file.Name}': {Libc.Describe(errno)}");
-            }
             var holder = new Libc.Flock { l_type = type, l_whence = 0, l_start = start, l_len = length };
-            if (Libc.fcntl_lock(fd, Libc.F_OFD_GETLK, ref holder) == 0 && holder.l_type != Libc.F_UNLCK)
+            if (Libc.fcntl_lock((int)file.SafeFileHandle.DangerousGetHandle(), Libc.F_OFD_GETLK, ref holder) == 0 && holder.l_type != Libc.F_UNLCK)
             {
                 return (holder.l_start, holder.l_len);
             }
