@@ -1,3 +1,4 @@
+using System.IO.Hashing;
 using System.Text.Json.Nodes;
 using DirBackup.Qemu;
 using DirBackup.Store;
@@ -24,6 +25,27 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "qcow2", expected, backupImage], CancellationToken.None);
     }
 
+    /// <summary>
+    /// The backup's digest file holds the XXH128 of every 64 KiB block of the disk as it was (the last block may be
+    /// shorter), whether the block was copied, left zero, or kept from the parent with the parent's digest.
+    /// </summary>
+    private static async Task AssertDigestsOfDiskAsync(string expected, string backupDir, string device)
+    {
+        var raw = Path.Combine(backupDir + "-check", device + ".raw");
+        Directory.CreateDirectory(Path.GetDirectoryName(raw)!);
+        await ChildProcess.RunAsync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", expected, raw], CancellationToken.None);
+        var disk = await File.ReadAllBytesAsync(raw);
+        var digests = await File.ReadAllBytesAsync(Path.Combine(backupDir, device + ".digests"));
+        const int Block = 64 << 10;
+        Assert.Equal((disk.Length + Block - 1) / Block * 16, digests.Length);
+        for (int block = 0; block * Block < disk.Length; block++)
+        {
+            var expectedDigest = XxHash128.Hash(disk.AsSpan(block * Block, Math.Min(Block, disk.Length - block * Block)));
+            Assert.True(expectedDigest.AsSpan().SequenceEqual(digests.AsSpan(block * 16, 16)), $"{device}: digest of block {block} (at {block * (long)Block}) differs");
+        }
+        Directory.Delete(Path.GetDirectoryName(raw)!, recursive: true);
+    }
+
     private static long BytesRead(BackupStore store, VolumeName volume) =>
         store.ReadManifest(volume).Devices.Single().Extra!["bytes-read"].GetInt64();
 
@@ -45,6 +67,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             Assert.True(run.ExitCode == 0, run.Log);
             first = run.Output;
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2"));
+            await AssertDigestsOfDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000"), Device);
         }
         // Everything copied was trimmed from the export, so PVE's fleecing image would not keep it.
         var blank = Path.Combine(storage.Root + "-vm", "blank.raw");
@@ -68,6 +91,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             Assert.Equal("use", run.Output["incremental"]![Device]!.GetValue<string>());
             states.Add(access.FrozenState);
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000100", Device + ".qcow2"));
+            await AssertDigestsOfDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000100"), Device);
         }
         await disk.CommitBitmapAsync();
         Assert.Equal((1L << 20) + (512L << 10) + (64L << 10), BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000100")));
@@ -80,6 +104,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             Assert.True(run.ExitCode == 0, run.Log);
             states.Add(access.FrozenState);
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000200", Device + ".qcow2"));
+            await AssertDigestsOfDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000200"), Device);
         }
         Assert.Equal((64L << 10) + (2L << 20), BytesRead(store, VolumeName.Parse("backup/100/qemu-1700000200")));
 
@@ -158,6 +183,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
             var raw = restore.Output["restored"]![Device]!.GetValue<string>();
             await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", raw, states[time]], CancellationToken.None);
+            await AssertDigestsOfDiskAsync(states[time], Path.Combine(storage.Root, "100", $"qemu-{time}"), Device);
         }
     }
 
@@ -189,6 +215,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             foreach (var (device, _) in devices)
             {
                 await AssertSameDiskAsync(access.FrozenStateOf(device), Path.Combine(storage.Root, "100", $"qemu-{time}", device + ".qcow2"));
+                await AssertDigestsOfDiskAsync(access.FrozenStateOf(device), Path.Combine(storage.Root, "100", $"qemu-{time}"), device);
             }
             await data.CommitBitmapAsync();
             await efi.CommitBitmapAsync();
