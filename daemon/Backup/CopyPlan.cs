@@ -72,31 +72,6 @@ public static class CopyPlan
         }
         return chunks;
     }
-
-    /// <summary>
-    /// Splits a buffer into runs of data and runs of zeroes at <paramref name="granularity"/>, so zeroes
-    /// inside a copied range are not stored as data.
-    /// </summary>
-    public static IEnumerable<(int Start, int Length, bool IsZero)> ZeroRuns(ReadOnlyMemory<byte> buffer, int granularity)
-    {
-        int runStart = 0;
-        bool? runZero = null;
-        for (int start = 0; start < buffer.Length; start += granularity)
-        {
-            int length = Math.Min(granularity, buffer.Length - start);
-            bool zero = !buffer.Span.Slice(start, length).ContainsAnyExcept((byte)0);
-            if (runZero is bool current && current != zero)
-            {
-                yield return (runStart, start - runStart, current);
-                runStart = start;
-            }
-            runZero = zero;
-        }
-        if (runZero is bool last)
-        {
-            yield return (runStart, buffer.Length - runStart, last);
-        }
-    }
 }
 
 public enum SegmentSource

@@ -74,6 +74,8 @@ public static class DiskCopier
         stats.ToTransfer = chunks.Sum(c => c.Length - c.Bytes(PieceKind.Keep));
         stats.Kept = chunks.Sum(c => c.Bytes(PieceKind.Keep));
         var digests = new byte[BlockCount(request.Size) * DigestSize];
+        // Blocks the writers digested as they sent them; Finish digests the rest.
+        var digested = new bool[BlockCount(request.Size)];
         var parentDigests = request.ParentDigests is { } p && p.Length == digests.Length ? p : null;
         var units = WorkUnits.Pack(chunks, request.HasBacking, parentDigests is not null, DigestBlock, CopyPlan.ChunkSize);
         int next = -1;
@@ -111,7 +113,7 @@ public static class DiskCopier
                     var unit = units[index];
                     if (unit.Segments.Length == 0)
                     {
-                        Finish(unit, default, digests, parentDigests, stats);
+                        Finish(unit, default, digests, digested, parentDigests, stats);
                         continue;
                     }
                     if (unit.Bytes(SegmentSource.Source) > 0)
@@ -149,10 +151,11 @@ public static class DiskCopier
                 using var target = NbdClient.Connect(request.TargetSocket, request.TargetExport);
                 // A whole unit's writes queued at once: 25-30% fewer context switches in a full backup (perf stat).
                 target.EnlargeSendQueue(CopyPlan.ChunkSize);
+                var inFlight = new List<long>();
                 foreach (var (unit, buffer) in filled.GetConsumingEnumerable(failed.Token))
                 {
-                    WriteUnit(unit, buffer, target, request, stats);
-                    Finish(unit, buffer.Span, digests, parentDigests, stats);
+                    WriteUnit(unit, buffer, target, request, stats, digests, digested, inFlight);
+                    Finish(unit, buffer.Span, digests, digested, parentDigests, stats);
                     free.Add(buffer, CancellationToken.None);
                 }
                 target.Flush();
@@ -229,50 +232,99 @@ public static class DiskCopier
 
     public const int RequestSize = 1 << 20;
 
-    /// <summary>Stores what changed: data as data, zeroes only where a parent could show through.</summary>
-    private static unsafe void WriteUnit(WorkUnit unit, CopyBuffer buffer, NbdClient target, DiskCopyRequest request, CopyStats stats)
+    /// <summary>
+    /// Stores what changed: data as data, zeroes only where a parent could show through. Goes through each segment
+    /// a request at a time, and digests each whole block just before sending it: the block is read from memory once,
+    /// and the kernel copies it into the socket while it is still in the CPU's cache (after the send, digesting a
+    /// full backup's blocks ran at memory speed and cost a fifth of the daemon's CPU time).
+    /// </summary>
+    private static unsafe void WriteUnit(WorkUnit unit, CopyBuffer buffer, NbdClient target, DiskCopyRequest request, CopyStats stats,
+        byte[] digests, bool[] digested, List<long> inFlight)
     {
-        var writes = new List<NbdRequest>();
         long written = 0;
         long zeroes = 0;
         fixed (byte* packed = buffer.Span)
         {
             foreach (var segment in unit.Segments)
             {
-                if (segment.Source == SegmentSource.Target)
+                long end = segment.Offset + segment.Length;
+                long dataStart = -1;
+                long zeroStart = -1;
+                if (segment.Source == SegmentSource.Zero)
+                {
+                    zeroStart = segment.Offset;
+                    SendZeroes(target, request, ref zeroStart, end, ref zeroes, inFlight);
+                }
+                if (segment.Source != SegmentSource.Source)
                 {
                     continue;
                 }
-                var memory = buffer.Memory.Slice(segment.PackedOffset, (int)segment.Length);
-                foreach (var (start, length, isZero) in segment.Source == SegmentSource.Zero ? [(0, memory.Length, true)] : CopyPlan.ZeroRuns(memory, DigestBlock))
+                byte* data = packed + segment.PackedOffset - segment.Offset; // indexed by disk offset
+                for (long block = segment.Offset; block < end;)
                 {
-                    long offset = segment.Offset + start;
-                    if (isZero)
+                    long blockEnd = Math.Min(end, (block / DigestBlock + 1) * DigestBlock);
+                    var bytes = new ReadOnlySpan<byte>(data + block, (int)(blockEnd - block));
+                    bool zero = !bytes.ContainsAnyExcept((byte)0);
+                    if (block % DigestBlock == 0 && bytes.Length == Math.Min(DigestBlock, request.Size - block))
                     {
-                        zeroes += length;
-                        if (request.HasBacking)
-                        {
-                            writes.Add(new NbdRequest(NbdRequestKind.Zero, null, length, offset));
-                        }
+                        DigestBlockOf(bytes, zero, digests.AsSpan((int)(block / DigestBlock * DigestSize), DigestSize));
+                        digested[block / DigestBlock] = true;
+                    }
+                    if (zero)
+                    {
+                        SendData(target, data, ref dataStart, block, ref written, inFlight);
+                        zeroStart = zeroStart >= 0 ? zeroStart : block;
                     }
                     else
                     {
-                        AddSplit(writes, NbdRequestKind.Write, packed + segment.PackedOffset + start, length, offset);
-                        written += length;
+                        SendZeroes(target, request, ref zeroStart, block, ref zeroes, inFlight);
+                        dataStart = dataStart >= 0 ? dataStart : block;
+                    }
+                    block = blockEnd;
+                    if (block % RequestSize == 0)
+                    {
+                        SendData(target, data, ref dataStart, block, ref written, inFlight);
                     }
                 }
+                SendData(target, data, ref dataStart, end, ref written, inFlight);
+                SendZeroes(target, request, ref zeroStart, end, ref zeroes, inFlight);
             }
-            if (writes.Count > 0)
-            {
-                target.Batch(CollectionsMarshal.AsSpan(writes));
-            }
+            target.WaitAll(inFlight);
         }
         Interlocked.Add(ref stats.Written, written);
         Interlocked.Add(ref stats.ZeroBytes, zeroes);
     }
 
+    /// <summary>Sends the data from <paramref name="start"/> (if any) up to <paramref name="end"/>.</summary>
+    private static unsafe void SendData(NbdClient target, byte* data, ref long start, long end, ref long written, List<long> inFlight)
+    {
+        if (start >= 0)
+        {
+            target.Send(new NbdRequest(NbdRequestKind.Write, data + start, end - start, start), inFlight);
+            written += end - start;
+            start = -1;
+        }
+    }
+
+    /// <summary>
+    /// Counts the zeroes from <paramref name="start"/> (if any) up to <paramref name="end"/>, and writes them only where
+    /// the backing chain could show through: elsewhere a fresh image reads as zero.
+    /// </summary>
+    private static unsafe void SendZeroes(NbdClient target, DiskCopyRequest request, ref long start, long end, ref long zeroes, List<long> inFlight)
+    {
+        if (start >= 0)
+        {
+            zeroes += end - start;
+            if (request.HasBacking)
+            {
+                target.Send(new NbdRequest(NbdRequestKind.Zero, null, end - start, start), inFlight);
+            }
+            start = -1;
+        }
+    }
+
     /// <summary>Digests of every block of the unit's chunks, and the progress they count for.</summary>
-    private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, byte[] digests, byte[]? parentDigests, CopyStats stats)
+    private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, byte[] digests, bool[] digested, byte[]? parentDigests, CopyStats stats)
     {
         foreach (var chunk in unit.Chunks)
         {
@@ -290,16 +342,20 @@ public static class DiskCopier
             }
             else
             {
-                DigestChunk(chunk, unit, buffer, chunkDigests, parentDigests);
+                DigestChunk(chunk, unit, buffer, chunkDigests, digested, parentDigests);
             }
             Interlocked.Add(ref stats.Done, chunk.Length - chunk.Bytes(PieceKind.Keep));
         }
     }
 
-    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, ReadOnlySpan<byte> buffer, Span<byte> chunkDigests, byte[]? parentDigests)
+    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, ReadOnlySpan<byte> buffer, Span<byte> chunkDigests, bool[] digested, byte[]? parentDigests)
     {
         for (long blockStart = chunk.Offset; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock)
         {
+            if (digested[blockStart / DigestBlock])
+            {
+                continue;
+            }
             int length = (int)Math.Min(DigestBlock, chunk.Offset + chunk.Length - blockStart);
             var digest = chunkDigests.Slice((int)((blockStart - chunk.Offset) / DigestBlock * DigestSize), DigestSize);
             if (parentDigests is not null && IsKept(chunk, blockStart, length))
@@ -308,14 +364,19 @@ public static class DiskCopier
                 continue;
             }
             var data = buffer.Slice(PackedOffsetOf(unit, blockStart), length);
-            if (length == DigestBlock && !data.ContainsAnyExcept((byte)0))
-            {
-                ZeroBlockDigest.CopyTo(digest);
-            }
-            else
-            {
-                XxHash128.Hash(data, digest);
-            }
+            DigestBlockOf(data, zero: length == DigestBlock && !data.ContainsAnyExcept((byte)0), digest);
+        }
+    }
+
+    private static void DigestBlockOf(ReadOnlySpan<byte> data, bool zero, Span<byte> digest)
+    {
+        if (zero && data.Length == DigestBlock)
+        {
+            ZeroBlockDigest.CopyTo(digest);
+        }
+        else
+        {
+            XxHash128.Hash(data, digest);
         }
     }
 

@@ -104,25 +104,67 @@ public sealed unsafe class NbdClient : IDisposable
     {
         var h = Handle;
         Span<long> cookies = requests.Length <= 64 ? stackalloc long[requests.Length] : new long[requests.Length];
-        var none = default(LibNbd.CompletionCallback);
         for (int i = 0; i < requests.Length; i++)
         {
-            var r = requests[i];
-            cookies[i] = r.Kind switch
-            {
-                NbdRequestKind.Read => LibNbd.nbd_aio_pread(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
-                NbdRequestKind.Write => LibNbd.nbd_aio_pwrite(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
-                NbdRequestKind.Zero => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
-                _ => LibNbd.nbd_aio_trim(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
-            };
+            cookies[i] = Submit(h, requests[i]);
             if (cookies[i] == -1)
             {
-                // Requests already sent still complete into our buffers: wait for them before reporting.
-                var error = LibNbd.LastError();
-                Drain(h, cookies[..i]);
-                throw DirBackupException.Io($"{_describe}: {r.Kind.ToString().ToLowerInvariant()} of {r.Length} bytes at {r.Offset} failed: {error}");
+                throw SubmitFailed(h, requests[i], cookies[..i]);
             }
         }
+        WaitFor(h, cookies);
+    }
+
+    /// <summary>
+    /// Sends one request without waiting for it: <see cref="WaitAll"/> waits for all sent so. A caller that prepares
+    /// each request's data just before sending it lets the kernel copy that data while it is still in the CPU's cache.
+    /// </summary>
+    public void Send(in NbdRequest request, List<long> inFlight)
+    {
+        long cookie = Submit(Handle, request);
+        if (cookie == -1)
+        {
+            var error = SubmitFailed(Handle, request, CollectionsMarshal.AsSpan(inFlight));
+            inFlight.Clear();
+            throw error;
+        }
+        inFlight.Add(cookie);
+    }
+
+    public void WaitAll(List<long> inFlight)
+    {
+        try
+        {
+            WaitFor(Handle, CollectionsMarshal.AsSpan(inFlight));
+        }
+        finally
+        {
+            inFlight.Clear();
+        }
+    }
+
+    private static long Submit(nint h, in NbdRequest r)
+    {
+        var none = default(LibNbd.CompletionCallback);
+        return r.Kind switch
+        {
+            NbdRequestKind.Read => LibNbd.nbd_aio_pread(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
+            NbdRequestKind.Write => LibNbd.nbd_aio_pwrite(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, none, 0),
+            NbdRequestKind.Zero => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
+            _ => LibNbd.nbd_aio_trim(h, (ulong)r.Length, (ulong)r.Offset, none, 0),
+        };
+    }
+
+    /// <summary>Requests already sent still complete into their buffers: waits for them before reporting.</summary>
+    private DirBackupException SubmitFailed(nint h, in NbdRequest r, Span<long> sent)
+    {
+        var error = LibNbd.LastError();
+        Drain(h, sent);
+        return DirBackupException.Io($"{_describe}: {r.Kind.ToString().ToLowerInvariant()} of {r.Length} bytes at {r.Offset} failed: {error}");
+    }
+
+    private void WaitFor(nint h, Span<long> cookies)
+    {
         string? failure = Drain(h, cookies);
         if (failure is not null)
         {

@@ -55,7 +55,8 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         var storage = daemon.NewStorage("e2e");
         var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:e2e");
         var store = new BackupStore(new StorageConfig("e2e", storage.Root), new StoreSettings());
-        await disk.WriteAsync("write -P 0xa1 0 8M", "write -z 8M 4M", "write -P 0xb2 40M 3M");
+        // Zeroes both ways: known to the image (-z) and written as data (-P 0), which only reading shows.
+        await disk.WriteAsync("write -P 0xa1 0 8M", "write -z 8M 4M", "write -P 0xb2 40M 3M", "write -P 0 20M 2M");
 
         // 1: full (the first backup of a guest is always full).
         JsonObject first;
@@ -68,6 +69,9 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             first = run.Output;
             await AssertSameDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2"));
             await AssertDigestsOfDiskAsync(access.FrozenState, Path.Combine(storage.Root, "100", "qemu-1700000000"), Device);
+            // The full backup stores the 11 MiB of data and none of the zeroes.
+            var map = JsonNode.Parse(await ChildProcess.RunAsync("qemu-img", ["map", "--output=json", "-f", "qcow2", Path.Combine(storage.Root, "100", "qemu-1700000000", Device + ".qcow2")], CancellationToken.None))!.AsArray();
+            Assert.Equal(11L << 20, map.Where(e => e!["data"]!.GetValue<bool>()).Sum(e => e!["length"]!.GetValue<long>()));
         }
         // Everything copied was trimmed from the export, so PVE's fleecing image would not keep it.
         var blank = Path.Combine(storage.Root + "-vm", "blank.raw");
@@ -80,6 +84,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
         Assert.Equal("new", first["incremental"]![Device]!.GetValue<string>());
         Assert.Equal("100/qemu-1700000000", first["archive"]!.GetValue<string>());
         Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>().StartsWith("info: transferred 64.0 MiB", StringComparison.Ordinal));
+        Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>() == "info: backup is sparse: 53.0 MiB (82%) total zero data");
         Assert.Contains(first["log"]!.AsArray(), l => l!.GetValue<string>() == "info: drive-scsi0: full backup of 64.0 MiB (bitmap-mode new): no earlier backup of this disk on this storage");
 
         // 2: incremental after known writes: 1 MiB of data, 512 KiB of zeroes over data, 64 KiB at the end.

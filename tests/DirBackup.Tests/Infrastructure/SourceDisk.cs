@@ -51,8 +51,10 @@ public sealed class SourceDisk(string dir, string image, long size, string bitma
         int generation = ++_generation;
         var frozen = Path.Combine(dir, $"state-{generation}.qcow2");
         var exported = Path.Combine(dir, $"export-{generation}.qcow2");
-        await Run("cp", "--sparse=always", image, frozen);
-        await Run("cp", "--sparse=always", image, exported);
+        // Not sparse: zeroes the guest wrote stay data, as in its image, so only reading finds them (cp would make
+        // them holes, which QEMU reports as zero).
+        await Run("cp", "--sparse=never", image, frozen);
+        await Run("cp", "--sparse=never", image, exported);
         return (frozen, exported);
     }
 

@@ -48,17 +48,6 @@ public class CopyPlanTests
     {
         Assert.Throws<DirBackupException>(() => CopyPlan.Build([new Extent(0, 1000, 0)], 1024, fromDirtyBitmap: false, Chunk));
     }
-
-    [Fact]
-    public void Zero_runs_split_a_buffer_at_the_granularity()
-    {
-        var buffer = new byte[10];
-        buffer[0] = 1;
-        buffer[7] = 1;
-        var runs = CopyPlan.ZeroRuns(buffer, 2).ToList();
-        Assert.Equal([(0, 2, false), (2, 4, true), (6, 2, false), (8, 2, true)], runs);
-        Assert.Equal([(0, 10, true)], CopyPlan.ZeroRuns(new byte[10], 4).ToList());
-    }
 }
 
 public class WorkUnitTests
