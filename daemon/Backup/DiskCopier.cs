@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using System.IO.Hashing;
 using System.Runtime.InteropServices;
 using DirBackup.Errors;
 using DirBackup.Nbd;
@@ -52,8 +51,6 @@ public static class DiskCopier
 
     public static long BlockCount(long size) => (size + DigestBlock - 1) / DigestBlock;
 
-    private static readonly byte[] ZeroBlockDigest = XxHash128.Hash(new byte[DigestBlock]);
-
     /// <summary>
     /// Walks the source's block status (the dirty bitmap for an incremental, allocation otherwise) into chunk
     /// work. Separate from the copy so it can run while the target is being set up.
@@ -73,10 +70,9 @@ public static class DiskCopier
     {
         stats.ToTransfer = chunks.Sum(c => c.Length - c.Bytes(PieceKind.Keep));
         stats.Kept = chunks.Sum(c => c.Bytes(PieceKind.Keep));
-        var digests = new byte[BlockCount(request.Size) * DigestSize];
-        // Blocks the writers digested as they sent them; Finish digests the rest.
-        var digested = new bool[BlockCount(request.Size)];
-        var parentDigests = request.ParentDigests is { } p && p.Length == digests.Length ? p : null;
+        // The readers digest the blocks they read whole; Finish digests the rest.
+        var blocks = new BlockDigests(request.Size);
+        var parentDigests = request.ParentDigests is { } p && p.Length == blocks.Digests.Length ? p : null;
         var units = WorkUnits.Pack(chunks, request.HasBacking, parentDigests is not null, DigestBlock, CopyPlan.ChunkSize);
         int next = -1;
         int trimFailed = 0;
@@ -113,7 +109,7 @@ public static class DiskCopier
                     var unit = units[index];
                     if (unit.Segments.Length == 0)
                     {
-                        Finish(unit, default, digests, digested, parentDigests, stats);
+                        Finish(unit, default, blocks, parentDigests, stats);
                         continue;
                     }
                     if (unit.Bytes(SegmentSource.Source) > 0)
@@ -125,7 +121,7 @@ public static class DiskCopier
                         target ??= NbdClient.Connect(request.TargetSocket, request.TargetExport);
                     }
                     var buffer = free.Take(failed.Token);
-                    ReadUnit(unit, buffer, source, target, request, stats, failed.Token);
+                    ReadUnit(unit, buffer, source, target, request, stats, blocks, failed.Token);
                     filled.Add((unit, buffer), failed.Token);
                     if (source is { CanTrim: true } && Volatile.Read(ref trimFailed) == 0)
                     {
@@ -154,8 +150,8 @@ public static class DiskCopier
                 var inFlight = new List<long>();
                 foreach (var (unit, buffer) in filled.GetConsumingEnumerable(failed.Token))
                 {
-                    WriteUnit(unit, buffer, target, request, stats, digests, digested, inFlight);
-                    Finish(unit, buffer.Span, digests, digested, parentDigests, stats);
+                    WriteUnit(unit, buffer, target, request, stats, blocks, inFlight);
+                    Finish(unit, buffer.Span, blocks, parentDigests, stats);
                     free.Add(buffer, CancellationToken.None);
                 }
                 target.Flush();
@@ -181,10 +177,10 @@ public static class DiskCopier
         {
             request.Buffers.Return(buffer);
         }
-        return digests;
+        return blocks.Digests;
     }
 
-    private static unsafe void ReadUnit(WorkUnit unit, CopyBuffer buffer, NbdClient? source, NbdClient? target, DiskCopyRequest request, CopyStats stats, CancellationToken cancellationToken)
+    private static unsafe void ReadUnit(WorkUnit unit, CopyBuffer buffer, NbdClient? source, NbdClient? target, DiskCopyRequest request, CopyStats stats, BlockDigests blocks, CancellationToken cancellationToken)
     {
         var fromSource = new List<NbdRequest>();
         var fromTarget = new List<NbdRequest>();
@@ -210,7 +206,7 @@ public static class DiskCopier
             if (copied > 0)
             {
                 request.Limiter?.Take(copied, cancellationToken);
-                source!.Batch(CollectionsMarshal.AsSpan(fromSource));
+                source!.Batch(CollectionsMarshal.AsSpan(fromSource), i => blocks.DigestWholeBlocks(fromSource[i].Buffer, fromSource[i].Offset, fromSource[i].Length));
                 Interlocked.Add(ref stats.Read, copied);
             }
             if (fromTarget.Count > 0)
@@ -233,13 +229,11 @@ public static class DiskCopier
     public const int RequestSize = 1 << 20;
 
     /// <summary>
-    /// Stores what changed: data as data, zeroes only where a parent could show through. Goes through each segment
-    /// a request at a time, and digests each whole block just before sending it: the block is read from memory once,
-    /// and the kernel copies it into the socket while it is still in the CPU's cache (after the send, digesting a
-    /// full backup's blocks ran at memory speed and cost a fifth of the daemon's CPU time).
+    /// Stores what changed: data as data, zeroes only where a parent could show through. Blocks the reader digested
+    /// are known to be zero or not; only the rest (pieces of blocks) are looked at again.
     /// </summary>
     private static unsafe void WriteUnit(WorkUnit unit, CopyBuffer buffer, NbdClient target, DiskCopyRequest request, CopyStats stats,
-        byte[] digests, bool[] digested, List<long> inFlight)
+        BlockDigests blocks, List<long> inFlight)
     {
         long written = 0;
         long zeroes = 0;
@@ -263,13 +257,8 @@ public static class DiskCopier
                 for (long block = segment.Offset; block < end;)
                 {
                     long blockEnd = Math.Min(end, (block / DigestBlock + 1) * DigestBlock);
-                    var bytes = new ReadOnlySpan<byte>(data + block, (int)(blockEnd - block));
-                    bool zero = !bytes.ContainsAnyExcept((byte)0);
-                    if (block % DigestBlock == 0 && bytes.Length == Math.Min(DigestBlock, request.Size - block))
-                    {
-                        DigestBlockOf(bytes, zero, digests.AsSpan((int)(block / DigestBlock * DigestSize), DigestSize));
-                        digested[block / DigestBlock] = true;
-                    }
+                    bool zero = (block % DigestBlock == 0 ? blocks.IsZero(block) : null)
+                        ?? !new ReadOnlySpan<byte>(data + block, (int)(blockEnd - block)).ContainsAnyExcept((byte)0);
                     if (zero)
                     {
                         SendData(target, data, ref dataStart, block, ref written, inFlight);
@@ -324,11 +313,11 @@ public static class DiskCopier
     }
 
     /// <summary>Digests of every block of the unit's chunks, and the progress they count for.</summary>
-    private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, byte[] digests, bool[] digested, byte[]? parentDigests, CopyStats stats)
+    private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, BlockDigests blocks, byte[]? parentDigests, CopyStats stats)
     {
         foreach (var chunk in unit.Chunks)
         {
-            var chunkDigests = digests.AsSpan((int)(chunk.Offset / DigestBlock * DigestSize), (int)(BlockCount(chunk.Length) * DigestSize));
+            var chunkDigests = blocks.DigestsOf(chunk.Offset, (int)BlockCount(chunk.Length));
             if (chunk.KeepsAll && parentDigests is not null)
             {
                 parentDigests.AsSpan((int)(chunk.Offset / DigestBlock * DigestSize), chunkDigests.Length).CopyTo(chunkDigests);
@@ -342,17 +331,17 @@ public static class DiskCopier
             }
             else
             {
-                DigestChunk(chunk, unit, buffer, chunkDigests, digested, parentDigests);
+                DigestChunk(chunk, unit, buffer, chunkDigests, blocks, parentDigests);
             }
             Interlocked.Add(ref stats.Done, chunk.Length - chunk.Bytes(PieceKind.Keep));
         }
     }
 
-    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, ReadOnlySpan<byte> buffer, Span<byte> chunkDigests, bool[] digested, byte[]? parentDigests)
+    private static void DigestChunk(ChunkWork chunk, WorkUnit unit, ReadOnlySpan<byte> buffer, Span<byte> chunkDigests, BlockDigests blocks, byte[]? parentDigests)
     {
         for (long blockStart = chunk.Offset; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock)
         {
-            if (digested[blockStart / DigestBlock])
+            if (blocks.IsDone(blockStart))
             {
                 continue;
             }
@@ -364,19 +353,7 @@ public static class DiskCopier
                 continue;
             }
             var data = buffer.Slice(PackedOffsetOf(unit, blockStart), length);
-            DigestBlockOf(data, zero: length == DigestBlock && !data.ContainsAnyExcept((byte)0), digest);
-        }
-    }
-
-    private static void DigestBlockOf(ReadOnlySpan<byte> data, bool zero, Span<byte> digest)
-    {
-        if (zero && data.Length == DigestBlock)
-        {
-            ZeroBlockDigest.CopyTo(digest);
-        }
-        else
-        {
-            XxHash128.Hash(data, digest);
+            BlockDigests.Digest(data, zero: !data.ContainsAnyExcept((byte)0), digest);
         }
     }
 
@@ -398,15 +375,7 @@ public static class DiskCopier
         for (long blockStart = chunk.Offset, i = 0; blockStart < chunk.Offset + chunk.Length; blockStart += DigestBlock, i++)
         {
             int length = (int)Math.Min(DigestBlock, chunk.Offset + chunk.Length - blockStart);
-            var digest = chunkDigests.Slice((int)(i * DigestSize), DigestSize);
-            if (length == DigestBlock)
-            {
-                ZeroBlockDigest.CopyTo(digest);
-            }
-            else
-            {
-                XxHash128.Hash(new byte[length], digest);
-            }
+            BlockDigests.DigestZeroes(length, chunkDigests.Slice((int)(i * DigestSize), DigestSize));
         }
     }
 
