@@ -147,10 +147,9 @@ public static class DiskCopier
                 using var target = NbdClient.Connect(request.TargetSocket, request.TargetExport);
                 // A whole unit's writes queued at once: 25-30% fewer context switches in a full backup (perf stat).
                 target.EnlargeSendQueue(CopyPlan.ChunkSize);
-                var inFlight = new List<long>();
                 foreach (var (unit, buffer) in filled.GetConsumingEnumerable(failed.Token))
                 {
-                    WriteUnit(unit, buffer, target, request, stats, blocks, inFlight);
+                    WriteUnit(unit, buffer, target, request, stats, blocks);
                     Finish(unit, buffer.Span, blocks, parentDigests, stats);
                     free.Add(buffer, CancellationToken.None);
                 }
@@ -233,8 +232,9 @@ public static class DiskCopier
     /// are known to be zero or not; only the rest (pieces of blocks) are looked at again.
     /// </summary>
     private static unsafe void WriteUnit(WorkUnit unit, CopyBuffer buffer, NbdClient target, DiskCopyRequest request, CopyStats stats,
-        BlockDigests blocks, List<long> inFlight)
+        BlockDigests blocks)
     {
+        var writes = new List<NbdRequest>();
         long written = 0;
         long zeroes = 0;
         fixed (byte* packed = buffer.Span)
@@ -247,7 +247,7 @@ public static class DiskCopier
                 if (segment.Source == SegmentSource.Zero)
                 {
                     zeroStart = segment.Offset;
-                    SendZeroes(target, request, ref zeroStart, end, ref zeroes, inFlight);
+                    AddZeroes(writes, request, ref zeroStart, end, ref zeroes);
                 }
                 if (segment.Source != SegmentSource.Source)
                 {
@@ -261,35 +261,38 @@ public static class DiskCopier
                         ?? !new ReadOnlySpan<byte>(data + block, (int)(blockEnd - block)).ContainsAnyExcept((byte)0);
                     if (zero)
                     {
-                        SendData(target, data, ref dataStart, block, ref written, inFlight);
+                        AddData(writes, data, ref dataStart, block, ref written);
                         zeroStart = zeroStart >= 0 ? zeroStart : block;
                     }
                     else
                     {
-                        SendZeroes(target, request, ref zeroStart, block, ref zeroes, inFlight);
+                        AddZeroes(writes, request, ref zeroStart, block, ref zeroes);
                         dataStart = dataStart >= 0 ? dataStart : block;
                     }
                     block = blockEnd;
                     if (block % RequestSize == 0)
                     {
-                        SendData(target, data, ref dataStart, block, ref written, inFlight);
+                        AddData(writes, data, ref dataStart, block, ref written);
                     }
                 }
-                SendData(target, data, ref dataStart, end, ref written, inFlight);
-                SendZeroes(target, request, ref zeroStart, end, ref zeroes, inFlight);
+                AddData(writes, data, ref dataStart, end, ref written);
+                AddZeroes(writes, request, ref zeroStart, end, ref zeroes);
             }
-            target.WaitAll(inFlight);
+            if (writes.Count > 0)
+            {
+                target.Batch(CollectionsMarshal.AsSpan(writes));
+            }
         }
         Interlocked.Add(ref stats.Written, written);
         Interlocked.Add(ref stats.ZeroBytes, zeroes);
     }
 
-    /// <summary>Sends the data from <paramref name="start"/> (if any) up to <paramref name="end"/>.</summary>
-    private static unsafe void SendData(NbdClient target, byte* data, ref long start, long end, ref long written, List<long> inFlight)
+    /// <summary>Writes the data from <paramref name="start"/> (if any) up to <paramref name="end"/>.</summary>
+    private static unsafe void AddData(List<NbdRequest> writes, byte* data, ref long start, long end, ref long written)
     {
         if (start >= 0)
         {
-            target.Send(new NbdRequest(NbdRequestKind.Write, data + start, end - start, start), inFlight);
+            writes.Add(new NbdRequest(NbdRequestKind.Write, data + start, end - start, start));
             written += end - start;
             start = -1;
         }
@@ -299,14 +302,14 @@ public static class DiskCopier
     /// Counts the zeroes from <paramref name="start"/> (if any) up to <paramref name="end"/>, and writes them only where
     /// the backing chain could show through: elsewhere a fresh image reads as zero.
     /// </summary>
-    private static unsafe void SendZeroes(NbdClient target, DiskCopyRequest request, ref long start, long end, ref long zeroes, List<long> inFlight)
+    private static unsafe void AddZeroes(List<NbdRequest> writes, DiskCopyRequest request, ref long start, long end, ref long zeroes)
     {
         if (start >= 0)
         {
             zeroes += end - start;
             if (request.HasBacking)
             {
-                target.Send(new NbdRequest(NbdRequestKind.Zero, null, end - start, start), inFlight);
+                writes.Add(new NbdRequest(NbdRequestKind.Zero, null, end - start, start));
             }
             start = -1;
         }

@@ -156,34 +156,6 @@ public sealed unsafe class NbdClient : IDisposable
         return 0;
     }
 
-    /// <summary>
-    /// Sends one request without waiting for it: <see cref="WaitAll"/> waits for all sent so. A caller that prepares
-    /// each request's data just before sending it lets the kernel copy that data while it is still in the CPU's cache.
-    /// </summary>
-    public void Send(in NbdRequest request, List<long> inFlight)
-    {
-        long cookie = Submit(Handle, request, default);
-        if (cookie == -1)
-        {
-            var error = SubmitFailed(Handle, request, CollectionsMarshal.AsSpan(inFlight));
-            inFlight.Clear();
-            throw error;
-        }
-        inFlight.Add(cookie);
-    }
-
-    public void WaitAll(List<long> inFlight)
-    {
-        try
-        {
-            WaitFor(Handle, CollectionsMarshal.AsSpan(inFlight));
-        }
-        finally
-        {
-            inFlight.Clear();
-        }
-    }
-
     private static long Submit(nint h, in NbdRequest r, LibNbd.CompletionCallback completion) => r.Kind switch
     {
         NbdRequestKind.Read => LibNbd.nbd_aio_pread(h, r.Buffer, (nuint)r.Length, (ulong)r.Offset, completion, 0),
