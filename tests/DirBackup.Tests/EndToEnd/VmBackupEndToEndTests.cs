@@ -31,8 +31,8 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
     /// </summary>
     private static async Task AssertDigestsOfDiskAsync(string expected, string backupDir, string device)
     {
-        var raw = Path.Combine(backupDir + "-check", device + ".raw");
-        Directory.CreateDirectory(Path.GetDirectoryName(raw)!);
+        // Beside the disk's frozen state, not in the storage, which the daemon lists.
+        var raw = Path.Combine(Path.GetDirectoryName(expected)!, $"digest-check-{device}.raw");
         await ChildProcess.RunAsync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", expected, raw], CancellationToken.None);
         var disk = await File.ReadAllBytesAsync(raw);
         var digests = await File.ReadAllBytesAsync(Path.Combine(backupDir, device + ".digests"));
@@ -43,7 +43,7 @@ public sealed class VmBackupEndToEndTests(PathSocketDaemon daemon)
             var expectedDigest = XxHash128.Hash(disk.AsSpan(block * Block, Math.Min(Block, disk.Length - block * Block)));
             Assert.True(expectedDigest.AsSpan().SequenceEqual(digests.AsSpan(block * 16, 16)), $"{device}: digest of block {block} (at {block * (long)Block}) differs");
         }
-        Directory.Delete(Path.GetDirectoryName(raw)!, recursive: true);
+        File.Delete(raw);
     }
 
     private static long BytesRead(BackupStore store, VolumeName volume) =>
