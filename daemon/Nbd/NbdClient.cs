@@ -120,18 +120,25 @@ public sealed unsafe class NbdClient : IDisposable
                 cookies[i] = Submit(h, requests[i], completion);
                 if (cookies[i] == -1)
                 {
-                    throw SubmitFailed(h, requests[i], cookies[..i]);
+                    // Requests already sent still complete into our buffers: wait for them before reporting.
+                    var r = requests[i];
+                    var error = LibNbd.LastError();
+                    Drain(h, cookies[..i]);
+                    throw DirBackupException.Io($"{_describe}: {r.Kind.ToString().ToLowerInvariant()} of {r.Length} bytes at {r.Offset} failed: {error}");
                 }
             }
-            WaitFor(h, cookies);
+            if (Drain(h, cookies) is { } failure)
+            {
+                throw DirBackupException.Io($"{_describe}: {failure}");
+            }
         }
         finally
         {
             t_readCompleted = null;
         }
-        if (t_readCompletedError is { } error)
+        if (t_readCompletedError is { } callbackError)
         {
-            throw error;
+            throw callbackError;
         }
     }
 
@@ -163,23 +170,6 @@ public sealed unsafe class NbdClient : IDisposable
         NbdRequestKind.Zero => LibNbd.nbd_aio_zero(h, (ulong)r.Length, (ulong)r.Offset, completion, 0),
         _ => LibNbd.nbd_aio_trim(h, (ulong)r.Length, (ulong)r.Offset, completion, 0),
     };
-
-    /// <summary>Requests already sent still complete into their buffers: waits for them before reporting.</summary>
-    private DirBackupException SubmitFailed(nint h, in NbdRequest r, Span<long> sent)
-    {
-        var error = LibNbd.LastError();
-        Drain(h, sent);
-        return DirBackupException.Io($"{_describe}: {r.Kind.ToString().ToLowerInvariant()} of {r.Length} bytes at {r.Offset} failed: {error}");
-    }
-
-    private void WaitFor(nint h, Span<long> cookies)
-    {
-        string? failure = Drain(h, cookies);
-        if (failure is not null)
-        {
-            throw DirBackupException.Io($"{_describe}: {failure}");
-        }
-    }
 
     /// <summary>Waits for every cookie; returns the first error.</summary>
     private static string? Drain(nint h, Span<long> cookies)
