@@ -3,47 +3,52 @@ using System.IO.Hashing;
 namespace DirBackup.Backup;
 
 /// <summary>
-/// One disk's block digests as a copy fills them in: the XXH128 of every <see cref="DiskCopier.DigestBlock"/> block,
-/// and for each block whether it is done yet and was all zeroes, so that no one reads a block twice to find out.
+/// One work unit's block digests as a copy fills them in: the XXH128 of every <see cref="DiskCopier.DigestBlock"/>
+/// block of <c>[start, end)</c>, and for each block whether it is done yet and was all zeroes, so that no one reads a
+/// block twice to find out. <paramref name="start"/> is a block boundary; so is <paramref name="end"/>, unless it is
+/// the disk's end.
 /// </summary>
-public sealed class BlockDigests(long diskSize)
+public sealed class BlockDigests(long start, long end)
 {
     private const byte Data = 1;
     private const byte Zero = 2;
     private static readonly byte[] ZeroBlockDigest = XxHash128.Hash(new byte[DiskCopier.DigestBlock]);
 
-    private readonly byte[] _states = new byte[DiskCopier.BlockCount(diskSize)];
+    private readonly byte[] _states = new byte[DiskCopier.BlockCount(end - start)];
 
-    public byte[] Digests { get; } = new byte[DiskCopier.BlockCount(diskSize) * DiskCopier.DigestSize];
+    public long Start => start;
 
-    public bool IsDone(long blockStart) => _states[blockStart / DiskCopier.DigestBlock] != 0;
+    public byte[] Digests { get; } = new byte[DiskCopier.BlockCount(end - start) * DiskCopier.DigestSize];
+
+    private int IndexOf(long blockStart) => (int)((blockStart - start) / DiskCopier.DigestBlock);
+
+    public bool IsDone(long blockStart) => _states[IndexOf(blockStart)] != 0;
 
     /// <summary>Whether a digested block was all zeroes; null for one not digested yet.</summary>
-    public bool? IsZero(long blockStart) => _states[blockStart / DiskCopier.DigestBlock] switch
+    public bool? IsZero(long blockStart) => _states[IndexOf(blockStart)] switch
     {
         Data => false,
         Zero => true,
         _ => null,
     };
 
-    public Span<byte> DigestsOf(long offset, int blocks) =>
-        Digests.AsSpan((int)(offset / DiskCopier.DigestBlock * DiskCopier.DigestSize), blocks * DiskCopier.DigestSize);
+    public Span<byte> DigestsOf(long offset, int blocks) => Digests.AsSpan(IndexOf(offset) * DiskCopier.DigestSize, blocks * DiskCopier.DigestSize);
 
     /// <summary>Digests the blocks that lie whole in data just read (the disk's last block may be short).</summary>
     public unsafe void DigestWholeBlocks(byte* data, long offset, long length)
     {
-        long end = offset + length;
-        for (long block = (offset + DiskCopier.DigestBlock - 1) / DiskCopier.DigestBlock * DiskCopier.DigestBlock; block < end; block += DiskCopier.DigestBlock)
+        long dataEnd = offset + length;
+        for (long block = (offset + DiskCopier.DigestBlock - 1) / DiskCopier.DigestBlock * DiskCopier.DigestBlock; block < dataEnd; block += DiskCopier.DigestBlock)
         {
-            long blockEnd = Math.Min(block + DiskCopier.DigestBlock, diskSize);
-            if (blockEnd > end)
+            long blockEnd = Math.Min(block + DiskCopier.DigestBlock, end);
+            if (blockEnd > dataEnd)
             {
                 break;
             }
             var bytes = new ReadOnlySpan<byte>(data + (block - offset), (int)(blockEnd - block));
             bool zero = !bytes.ContainsAnyExcept((byte)0);
             Digest(bytes, zero, DigestsOf(block, 1));
-            _states[block / DiskCopier.DigestBlock] = zero ? Zero : Data;
+            _states[IndexOf(block)] = zero ? Zero : Data;
         }
     }
 

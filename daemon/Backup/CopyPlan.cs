@@ -18,28 +18,31 @@ public enum PieceKind
 public readonly record struct Piece(long Offset, long Length, PieceKind Kind);
 
 /// <summary>One fixed-size chunk of the disk and what to do with each part of it; the unit of work and of digests.</summary>
-public sealed record ChunkWork(int Index, long Offset, long Length, Piece[] Pieces)
+public sealed record ChunkWork(long Offset, long Length, Piece[] Pieces)
 {
     public bool KeepsAll => Pieces.All(p => p.Kind == PieceKind.Keep);
     public bool ZeroAll => Pieces.All(p => p.Kind == PieceKind.Zero);
     public long Bytes(PieceKind kind) => Pieces.Where(p => p.Kind == kind).Sum(p => p.Length);
 }
 
-/// <summary>Turns a block-status map into per-chunk work, checking the map covers the disk exactly.</summary>
+/// <summary>Turns a block-status map into per-chunk work, checking the map covers the disk (or the window of it) exactly.</summary>
 public static class CopyPlan
 {
     public const int ChunkSize = 4 << 20;
 
+    public static List<ChunkWork> Build(IReadOnlyList<Extent> extents, long diskSize, bool fromDirtyBitmap, int chunkSize = ChunkSize) =>
+        Build(extents, 0, diskSize, fromDirtyBitmap, chunkSize);
+
+    /// <param name="start">Where the window of the disk starts: a multiple of <paramref name="chunkSize"/>.</param>
     /// <param name="fromDirtyBitmap">true: extents of qemu:dirty-bitmap (dirty = copy, clean = keep); false: base:allocation (zero = zero, else copy).</param>
-    public static List<ChunkWork> Build(IReadOnlyList<Extent> extents, long diskSize, bool fromDirtyBitmap, int chunkSize = ChunkSize)
+    public static List<ChunkWork> Build(IReadOnlyList<Extent> extents, long start, long end, bool fromDirtyBitmap, int chunkSize = ChunkSize)
     {
-        var chunks = new List<ChunkWork>((int)((diskSize + chunkSize - 1) / chunkSize));
+        var chunks = new List<ChunkWork>((int)((end - start + chunkSize - 1) / chunkSize));
         var pieces = new List<Piece>();
-        long covered = 0;
         int e = 0;
-        for (long chunkStart = 0; chunkStart < diskSize; chunkStart += chunkSize)
+        for (long chunkStart = start; chunkStart < end; chunkStart += chunkSize)
         {
-            long chunkEnd = Math.Min(chunkStart + chunkSize, diskSize);
+            long chunkEnd = Math.Min(chunkStart + chunkSize, end);
             pieces.Clear();
             long position = chunkStart;
             while (position < chunkEnd)
@@ -53,22 +56,21 @@ public static class CopyPlan
                     throw DirBackupException.Io($"the NBD server's block status leaves {position} uncovered");
                 }
                 var extent = extents[e];
-                long end = Math.Min(extent.End, chunkEnd);
+                long pieceEnd = Math.Min(extent.End, chunkEnd);
                 var kind = fromDirtyBitmap
                     ? ((extent.Flags & Extent.Dirty) != 0 ? PieceKind.Copy : PieceKind.Keep)
                     : ((extent.Flags & Extent.Zero) != 0 ? PieceKind.Zero : PieceKind.Copy);
                 if (pieces.Count > 0 && pieces[^1].Kind == kind)
                 {
-                    pieces[^1] = pieces[^1] with { Length = pieces[^1].Length + (end - position) };
+                    pieces[^1] = pieces[^1] with { Length = pieces[^1].Length + (pieceEnd - position) };
                 }
                 else
                 {
-                    pieces.Add(new Piece(position, end - position, kind));
+                    pieces.Add(new Piece(position, pieceEnd - position, kind));
                 }
-                covered += end - position;
-                position = end;
+                position = pieceEnd;
             }
-            chunks.Add(new ChunkWork(chunks.Count, chunkStart, chunkEnd - chunkStart, [.. pieces]));
+            chunks.Add(new ChunkWork(chunkStart, chunkEnd - chunkStart, [.. pieces]));
         }
         return chunks;
     }
@@ -95,18 +97,28 @@ public readonly record struct Segment(long Offset, long Length, SegmentSource So
 /// </summary>
 public sealed record WorkUnit(ChunkWork[] Chunks, Segment[] Segments, int PackedLength)
 {
+    public long Start => Chunks[0].Offset;
+    public long End => Chunks[^1].Offset + Chunks[^1].Length;
+
     public long Bytes(SegmentSource source) => Segments.Where(s => s.Source == source).Sum(s => s.Length);
 }
 
 public static class WorkUnits
 {
     /// <summary>
-    /// Groups chunks into units whose needed bytes fit <paramref name="bufferSize"/>. Chunks that need no data
-    /// (kept whole with the parent's digests, or zero with nothing below) still travel in a unit, without segments.
+    /// At most this many chunks per unit, even where they need no data: a unit's digests are in memory until it is
+    /// done, and a disk of any size must fit.
     /// </summary>
-    public static List<WorkUnit> Pack(IReadOnlyList<ChunkWork> chunks, bool hasBacking, bool parentDigests, int digestBlock, int bufferSize)
+    public const int MaxChunks = 64;
+
+    /// <summary>
+    /// Groups consecutive chunks, as they come, into units whose needed bytes fit <paramref name="bufferSize"/>. Chunks
+    /// that need no data (kept whole with the parent's digests, or zero with nothing below) still travel in a unit,
+    /// without segments.
+    /// </summary>
+    public static IEnumerable<WorkUnit> Pack(IEnumerable<ChunkWork> chunks, bool hasBacking, bool parentDigests, int digestBlock, int bufferSize,
+        int maxChunks = MaxChunks)
     {
-        var units = new List<WorkUnit>();
         var unitChunks = new List<ChunkWork>();
         var segments = new List<Segment>();
         int packed = 0;
@@ -114,9 +126,9 @@ public static class WorkUnits
         {
             var needed = Needed(chunk, hasBacking, parentDigests, digestBlock).ToList();
             long bytes = needed.Sum(n => n.Length);
-            if (unitChunks.Count > 0 && packed + bytes > bufferSize)
+            if (unitChunks.Count > 0 && (packed + bytes > bufferSize || unitChunks.Count == maxChunks))
             {
-                units.Add(new WorkUnit([.. unitChunks], [.. segments], packed));
+                yield return new WorkUnit([.. unitChunks], [.. segments], packed);
                 unitChunks.Clear();
                 segments.Clear();
                 packed = 0;
@@ -130,9 +142,8 @@ public static class WorkUnits
         }
         if (unitChunks.Count > 0)
         {
-            units.Add(new WorkUnit([.. unitChunks], [.. segments], packed));
+            yield return new WorkUnit([.. unitChunks], [.. segments], packed);
         }
-        return units;
     }
 
     private static IEnumerable<(long Offset, long Length, SegmentSource Source)> Needed(ChunkWork chunk, bool hasBacking, bool parentDigests, int digestBlock)

@@ -190,7 +190,6 @@ public sealed partial class VmBackup(BackupSettings settings)
     private async Task<ManifestDevice> CopyDeviceAsync(GuestBackup session, VmDevice device, string? parent, BandwidthLimiter? limiter, CallContext context)
     {
         var cancellationToken = context.CancellationToken;
-        byte[]? parentDigests = parent is null ? null : TryRead(Path.Combine(session.Store.GuestDir(session.Volume.VmId), parent, device.DigestFile));
         await context.InfoAsync(parent is null
             ? $"{device.Name}: full backup of {Units.Bytes(device.Size)} (bitmap-mode {device.BitmapMode})"
                 + (session.WhyFull.TryGetValue(device.Name, out var why) ? ": " + why : "")
@@ -200,7 +199,7 @@ public sealed partial class VmBackup(BackupSettings settings)
         var backupTarget = session.TakeTarget(device.Name, device.Size, parent)
             ?? BackupTarget.Start(session.StagingDir, device.Name, device.Size, parent, settings.RuntimeDir, aheadLogger: null, cancellationToken);
         // The walk over the source and the target's set-up are independent: overlap them.
-        var plan = Task.Run(() => DiskCopier.Plan(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
+        var plan = Task.Run(() => DiskPlan.Walk(device.NbdPath, device.Name, dirtyBitmap, device.Size), cancellationToken);
         StorageDaemon target;
         try
         {
@@ -209,22 +208,30 @@ public sealed partial class VmBackup(BackupSettings settings)
         catch
         {
             backupTarget.Discard();
-            await plan.ContinueWith(_ => { }, TaskScheduler.Default).ConfigureAwait(false);
+            await plan.ContinueWith(p =>
+            {
+                if (p.IsCompletedSuccessfully)
+                {
+                    p.Result.Dispose();
+                }
+            }, TaskScheduler.Default).ConfigureAwait(false);
             throw;
         }
 
         var waited = Stopwatch.GetElapsedTime(started);
         TimeSpan copied, stopped;
         var stats = new CopyStats();
-        byte[] digests;
         await using (target.ConfigureAwait(false))
         {
-            var chunks = await plan.ConfigureAwait(false);
+            using var diskPlan = await plan.ConfigureAwait(false);
+            using var digests = DigestFile.Create(Path.Combine(session.StagingDir, device.DigestFile), device.Size);
+            using var parentDigests = parent is null ? null
+                : DigestFile.OpenParent(Path.Combine(session.Store.GuestDir(session.Volume.VmId), parent, device.DigestFile), device.Size);
             var progress = new ProgressReporter(stats, context.InfoAsync, settings.ProgressInterval);
             await using (progress.ConfigureAwait(false))
             {
                 progress.Start();
-                digests = await DiskCopier.CopyAsync(chunks, new DiskCopyRequest
+                await DiskCopier.CopyAsync(diskPlan, new DiskCopyRequest
                 {
                     SourceSocket = device.NbdPath,
                     SourceExport = device.Name,
@@ -232,6 +239,7 @@ public sealed partial class VmBackup(BackupSettings settings)
                     TargetSocket = target.SocketPath,
                     TargetExport = StorageDaemon.ExportName,
                     HasBacking = parent is not null,
+                    Digests = digests,
                     ParentDigests = parentDigests,
                     Limiter = limiter,
                     Workers = settings.CopyWorkers,
@@ -244,7 +252,6 @@ public sealed partial class VmBackup(BackupSettings settings)
             }
         }
         Libc.FsyncFile(backupTarget.Image); // the image's only sync: the target leaves it to us
-        AtomicFile.WriteNew(Path.Combine(session.StagingDir, device.DigestFile), digests);
         var synced = Stopwatch.GetElapsedTime(started);
         BackupLog.DevicePhases(context.Logger, device.Name, backupTarget.CreateTime.TotalMilliseconds, backupTarget.ServeTime.TotalMilliseconds,
             waited.TotalMilliseconds, (copied - waited).TotalMilliseconds, (stopped - copied).TotalMilliseconds, (synced - stopped).TotalMilliseconds);
@@ -307,18 +314,6 @@ public sealed partial class VmBackup(BackupSettings settings)
         catch (FormatException)
         {
             throw DirBackupException.InvalidParams($"{what} is not base64");
-        }
-    }
-
-    private static byte[]? TryRead(string path)
-    {
-        try
-        {
-            return File.ReadAllBytes(path);
-        }
-        catch (IOException)
-        {
-            return null;
         }
     }
 }

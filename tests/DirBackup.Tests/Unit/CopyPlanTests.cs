@@ -44,6 +44,18 @@ public class CopyPlanTests
     }
 
     [Fact]
+    public void A_window_of_the_disk_is_planned_from_its_own_start_and_checked_to_its_own_end()
+    {
+        var extents = new[] { new Extent(2048, 600, 1), new Extent(2648, 952, 0) };
+        var plan = CopyPlan.Build(extents, 2048, 3600, fromDirtyBitmap: true, Chunk);
+
+        Assert.Equal([2048L, 3072L], plan.Select(c => c.Offset));
+        Assert.Equal([new Piece(2048, 600, PieceKind.Copy), new Piece(2648, 424, PieceKind.Keep)], plan[0].Pieces);
+        Assert.Equal(528, plan[1].Length);
+        Assert.Throws<DirBackupException>(() => CopyPlan.Build(extents, 2048, 4096, fromDirtyBitmap: true, Chunk));
+    }
+
+    [Fact]
     public void A_map_that_stops_short_of_the_disk_end_is_refused()
     {
         Assert.Throws<DirBackupException>(() => CopyPlan.Build([new Extent(0, 1000, 0)], 1024, fromDirtyBitmap: false, Chunk));
@@ -102,6 +114,15 @@ public class WorkUnitTests
         var chunks = CopyPlan.Build([new(0, 100, 1), new(100, 924, 0)], Chunk, fromDirtyBitmap: true, Chunk);
         var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: true, parentDigests: false, Block, Chunk));
         Assert.Equal(Chunk, unit.PackedLength);
+    }
+
+    [Fact]
+    public void A_unit_holds_a_bounded_number_of_chunks_even_when_they_need_no_memory()
+    {
+        var chunks = CopyPlan.Build([new(0, 10 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 10 * Chunk, fromDirtyBitmap: false, Chunk);
+        var units = WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, Chunk, maxChunks: 4).ToList();
+        Assert.Equal([4, 4, 2], units.Select(u => u.Chunks.Length));
+        Assert.Equal([(0L, 4L * Chunk), (4L * Chunk, 8L * Chunk), (8L * Chunk, 10L * Chunk)], units.Select(u => (u.Start, u.End)));
     }
 
     [Fact]
