@@ -22,7 +22,15 @@ public sealed record ChunkWork(long Offset, long Length, Piece[] Pieces)
 {
     public bool KeepsAll => Pieces.All(p => p.Kind == PieceKind.Keep);
     public bool ZeroAll => Pieces.All(p => p.Kind == PieceKind.Zero);
-    public long Bytes(PieceKind kind) => Pieces.Where(p => p.Kind == kind).Sum(p => p.Length);
+    public long Bytes(PieceKind kind)
+    {
+        long bytes = 0;
+        foreach (var p in Pieces)
+        {
+            bytes += p.Kind == kind ? p.Length : 0;
+        }
+        return bytes;
+    }
 }
 
 /// <summary>Turns a block-status map into per-chunk work, checking the map covers the disk (or the window of it) exactly.</summary>
@@ -100,7 +108,15 @@ public sealed record WorkUnit(ChunkWork[] Chunks, Segment[] Segments, int Packed
     public long Start => Chunks[0].Offset;
     public long End => Chunks[^1].Offset + Chunks[^1].Length;
 
-    public long Bytes(SegmentSource source) => Segments.Where(s => s.Source == source).Sum(s => s.Length);
+    public long Bytes(SegmentSource source)
+    {
+        long bytes = 0;
+        foreach (var s in Segments)
+        {
+            bytes += s.Source == source ? s.Length : 0;
+        }
+        return bytes;
+    }
 }
 
 public static class WorkUnits

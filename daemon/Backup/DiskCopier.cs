@@ -102,6 +102,7 @@ public static class DiskCopier
                     if (unit.Segments.Length == 0)
                     {
                         Finish(unit, default, blocks, request, stats);
+                        blocks.Dispose();
                         continue;
                     }
                     if (unit.Bytes(SegmentSource.Source) > 0)
@@ -143,6 +144,7 @@ public static class DiskCopier
                 {
                     WriteUnit(unit, buffer, target, request, stats, blocks);
                     Finish(unit, buffer.Span, blocks, request, stats);
+                    blocks.Dispose();
                     free.Add(buffer, CancellationToken.None);
                 }
                 target.Flush();
@@ -310,7 +312,7 @@ public static class DiskCopier
     /// <summary>Digests of every block of the unit's chunks, stored in the digest file, and the progress they count for.</summary>
     private static void Finish(WorkUnit unit, ReadOnlySpan<byte> buffer, BlockDigests blocks, DiskCopyRequest request, CopyStats stats)
     {
-        var parentDigests = ParentDigestsOf(unit, request.ParentDigests);
+        using var parentDigests = ParentDigestsOf(unit, request.ParentDigests);
         foreach (var chunk in unit.Chunks)
         {
             var chunkDigests = blocks.DigestsOf(chunk.Offset, (int)BlockCount(chunk.Length));
@@ -319,7 +321,7 @@ public static class DiskCopier
                 parentDigests.DigestsOf(chunk.Offset, chunkDigests.Length / DigestSize).CopyTo(chunkDigests);
                 continue;
             }
-            if (chunk.ZeroAll && !unit.Segments.Any(s => s.Offset >= chunk.Offset && s.Offset < chunk.Offset + chunk.Length))
+            if (chunk.ZeroAll && !HasSegmentIn(unit, chunk))
             {
                 // A zero chunk with nothing below: nothing was read or written, a fresh image reads as zeroes.
                 Interlocked.Add(ref stats.ZeroBytes, chunk.Length);
@@ -388,8 +390,30 @@ public static class DiskCopier
         }
     }
 
-    private static bool IsKept(ChunkWork chunk, long blockStart, int length) =>
-        chunk.Pieces.Any(p => p.Kind == PieceKind.Keep && p.Offset <= blockStart && p.Offset + p.Length >= blockStart + length);
+    // Loops, not LINQ: these run for every block and chunk, and a closure each was most of an incremental's garbage.
+    private static bool IsKept(ChunkWork chunk, long blockStart, int length)
+    {
+        foreach (var p in chunk.Pieces)
+        {
+            if (p.Kind == PieceKind.Keep && p.Offset <= blockStart && p.Offset + p.Length >= blockStart + length)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
+
+    private static bool HasSegmentIn(WorkUnit unit, ChunkWork chunk)
+    {
+        foreach (var s in unit.Segments)
+        {
+            if (s.Offset >= chunk.Offset && s.Offset < chunk.Offset + chunk.Length)
+            {
+                return true;
+            }
+        }
+        return false;
+    }
 
     /// <summary>PVE's fleecing image grows with every block the guest rewrites until the backup has read it: give it back, all of a unit in one batch.</summary>
     private static unsafe void TrimCopied(WorkUnit unit, NbdClient source, ref int trimFailed, Action<string> warn)
