@@ -38,9 +38,6 @@ public static class CopyPlan
 {
     public const int ChunkSize = 4 << 20;
 
-    public static List<ChunkWork> Build(IReadOnlyList<Extent> extents, long diskSize, bool fromDirtyBitmap, int chunkSize = ChunkSize) =>
-        Build(extents, 0, diskSize, fromDirtyBitmap, chunkSize);
-
     /// <param name="start">Where the window of the disk starts: a multiple of <paramref name="chunkSize"/>.</param>
     /// <param name="fromDirtyBitmap">true: extents of qemu:dirty-bitmap (dirty = copy, clean = keep); false: base:allocation (zero = zero, else copy).</param>
     public static List<ChunkWork> Build(IReadOnlyList<Extent> extents, long start, long end, bool fromDirtyBitmap, int chunkSize = ChunkSize)

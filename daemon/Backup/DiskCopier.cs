@@ -36,10 +36,11 @@ public sealed class CopyStats
 }
 
 /// <summary>
-/// The copy engine: walks the source's block status, then several workers (each with its own pair of NBD
-/// connections, so many requests are in flight) copy 4 MiB chunks, store zeroes only where a parent could show
-/// through, digest every 64 KiB block and trim what they copied from the source. Memory is two chunks per worker,
-/// pooled from one copy to the next.
+/// The copy engine: several workers (each with its own pair of NBD connections, so many requests are in flight) take
+/// the <see cref="DiskPlan"/>'s chunks in units as it walks the source's block status, copy them, store zeroes only
+/// where a parent could show through, digest every 64 KiB block into the digest file and trim what they copied from
+/// the source. Memory does not grow with the disk: two 4 MiB buffers per worker, pooled from one copy to the next,
+/// and the digests and plan of the units in flight.
 /// </summary>
 public static class DiskCopier
 {

@@ -14,7 +14,7 @@ public class CopyPlanTests
     {
         // dirty [0,100), clean [100,1500), dirty [1500,2048), clean to 2500
         var extents = new[] { new Extent(0, 100, 1), new Extent(100, 1400, 0), new Extent(1500, 548, 1), new Extent(2048, 452, 0) };
-        var plan = CopyPlan.Build(extents, 2500, fromDirtyBitmap: true, Chunk);
+        var plan = CopyPlan.Build(extents, 0, 2500, fromDirtyBitmap: true, Chunk);
 
         Assert.Equal(3, plan.Count);
         Assert.Equal([new Piece(0, 100, PieceKind.Copy), new Piece(100, 924, PieceKind.Keep)], plan[0].Pieces);
@@ -28,7 +28,7 @@ public class CopyPlanTests
     public void Allocation_extents_read_data_and_skip_what_reads_as_zero()
     {
         var extents = new[] { new Extent(0, 512, 0), new Extent(512, 1536, Extent.Hole | Extent.Zero), new Extent(2048, 1024, Extent.Zero) };
-        var plan = CopyPlan.Build(extents, 3072, fromDirtyBitmap: false, Chunk);
+        var plan = CopyPlan.Build(extents, 0, 3072, fromDirtyBitmap: false, Chunk);
 
         Assert.Equal([new Piece(0, 512, PieceKind.Copy), new Piece(512, 512, PieceKind.Zero)], plan[0].Pieces);
         Assert.True(plan[1].ZeroAll);
@@ -39,7 +39,7 @@ public class CopyPlanTests
     public void A_map_with_a_gap_is_refused_rather_than_guessed()
     {
         var extents = new[] { new Extent(0, 100, 1), new Extent(200, 824, 1) };
-        var e = Assert.Throws<DirBackupException>(() => CopyPlan.Build(extents, 1024, fromDirtyBitmap: true, Chunk));
+        var e = Assert.Throws<DirBackupException>(() => CopyPlan.Build(extents, 0, 1024, fromDirtyBitmap: true, Chunk));
         Assert.Contains("leaves 100 uncovered", e.Message, StringComparison.Ordinal);
     }
 
@@ -58,7 +58,7 @@ public class CopyPlanTests
     [Fact]
     public void A_map_that_stops_short_of_the_disk_end_is_refused()
     {
-        Assert.Throws<DirBackupException>(() => CopyPlan.Build([new Extent(0, 1000, 0)], 1024, fromDirtyBitmap: false, Chunk));
+        Assert.Throws<DirBackupException>(() => CopyPlan.Build([new Extent(0, 1000, 0)], 0, 1024, fromDirtyBitmap: false, Chunk));
     }
 }
 
@@ -77,7 +77,7 @@ public class WorkUnitTests
             extents.Add(new(c * Chunk, Block, 1));
             extents.Add(new(c * Chunk + Block, Chunk - Block, 0));
         }
-        var chunks = CopyPlan.Build(extents, 8 * Chunk, fromDirtyBitmap: true, Chunk);
+        var chunks = CopyPlan.Build(extents, 0, 8 * Chunk, fromDirtyBitmap: true, Chunk);
         var units = WorkUnits.Pack(chunks, hasBacking: true, parentDigests: true, Block, bufferSize: Chunk * 4);
 
         var unit = Assert.Single(units);
@@ -90,7 +90,7 @@ public class WorkUnitTests
     [Fact]
     public void Units_never_need_more_than_the_buffer()
     {
-        var chunks = CopyPlan.Build([new DirBackup.Nbd.Extent(0, 10 * Chunk, 0)], 10 * Chunk, fromDirtyBitmap: false, Chunk);
+        var chunks = CopyPlan.Build([new DirBackup.Nbd.Extent(0, 10 * Chunk, 0)], 0, 10 * Chunk, fromDirtyBitmap: false, Chunk);
         var units = WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, bufferSize: 3 * Chunk);
         Assert.Equal([3, 3, 3, 1], units.Select(u => u.Chunks.Length));
         Assert.All(units, u => Assert.True(u.PackedLength <= 3 * Chunk));
@@ -100,7 +100,7 @@ public class WorkUnitTests
     public void A_partly_changed_block_reads_its_kept_part_back_and_whole_kept_blocks_do_not()
     {
         // dirty [100, 300): blocks 0 and 1 are partly kept, blocks 2 and 3 are kept whole.
-        var chunks = CopyPlan.Build([new(0, 100, 0), new(100, 200, 1), new(300, 724, 0)], Chunk, fromDirtyBitmap: true, Chunk);
+        var chunks = CopyPlan.Build([new(0, 100, 0), new(100, 200, 1), new(300, 724, 0)], 0, Chunk, fromDirtyBitmap: true, Chunk);
         var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: true, parentDigests: true, Block, Chunk));
         Assert.Equal([
             new Segment(0, 100, SegmentSource.Target, 0),
@@ -111,7 +111,7 @@ public class WorkUnitTests
     [Fact]
     public void Without_parent_digests_every_kept_byte_of_a_changed_chunk_is_read_back()
     {
-        var chunks = CopyPlan.Build([new(0, 100, 1), new(100, 924, 0)], Chunk, fromDirtyBitmap: true, Chunk);
+        var chunks = CopyPlan.Build([new(0, 100, 1), new(100, 924, 0)], 0, Chunk, fromDirtyBitmap: true, Chunk);
         var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: true, parentDigests: false, Block, Chunk));
         Assert.Equal(Chunk, unit.PackedLength);
     }
@@ -119,7 +119,7 @@ public class WorkUnitTests
     [Fact]
     public void A_unit_holds_a_bounded_number_of_chunks_even_when_they_need_no_memory()
     {
-        var chunks = CopyPlan.Build([new(0, 10 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 10 * Chunk, fromDirtyBitmap: false, Chunk);
+        var chunks = CopyPlan.Build([new(0, 10 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 0, 10 * Chunk, fromDirtyBitmap: false, Chunk);
         var units = WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, Chunk, maxChunks: 4).ToList();
         Assert.Equal([4, 4, 2], units.Select(u => u.Chunks.Length));
         Assert.Equal([(0L, 4L * Chunk), (4L * Chunk, 8L * Chunk), (8L * Chunk, 10L * Chunk)], units.Select(u => (u.Start, u.End)));
@@ -128,7 +128,7 @@ public class WorkUnitTests
     [Fact]
     public void Zero_chunks_of_a_full_backup_need_no_memory_at_all()
     {
-        var chunks = CopyPlan.Build([new(0, 4 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 4 * Chunk, fromDirtyBitmap: false, Chunk);
+        var chunks = CopyPlan.Build([new(0, 4 * Chunk, DirBackup.Nbd.Extent.Hole | DirBackup.Nbd.Extent.Zero)], 0, 4 * Chunk, fromDirtyBitmap: false, Chunk);
         var unit = Assert.Single(WorkUnits.Pack(chunks, hasBacking: false, parentDigests: false, Block, Chunk));
         Assert.Empty(unit.Segments);
         Assert.Equal(4, unit.Chunks.Length);
