@@ -6,7 +6,7 @@ namespace DirBackup.Backup;
 /// <summary>
 /// One work unit's block digests as a copy fills them in: the XXH128 of every <see cref="DiskCopier.DigestBlock"/>
 /// block of <c>[start, end)</c>, and for each block whether it is done yet and was all zeroes, so that no one reads a
-/// block twice to find out. <paramref name="start"/> is a block boundary; so is <paramref name="end"/>, unless it is
+/// block twice to find out. <c>start</c> is a block boundary; so is <c>end</c>, unless it is
 /// the disk's end. Its memory is pooled: every unit of a copy has one, and a copy's garbage is what grows the daemon's
 /// heap until the collector runs.
 /// </summary>
