@@ -41,8 +41,22 @@ public static class Program
             Hidden = true,
         };
         restoreReads.AcceptOnlyFromAmong("splice", "copy");
-        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, runtimeDir, logLevel, restoreReads };
-        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(runtimeDir)!, result.GetValue(logLevel)!, result.GetValue(restoreReads) == "splice"));
+        var abandonedRestoreCheck = new Option<int>("--abandoned-restore-check")
+        {
+            Description = "seconds between looks for restores whose task was killed before its cleanup",
+            DefaultValueFactory = _ => 30,
+            Hidden = true,
+        };
+        abandonedRestoreCheck.Validators.Add(r =>
+        {
+            if (r.GetValueOrDefault<int>() is < 1 or > 3600)
+            {
+                r.AddError("--abandoned-restore-check must be between 1 and 3600 seconds");
+            }
+        });
+        var serve = new Command("serve", "Serve the pve-dirbackup storage plugin on a Unix socket") { socket, runtimeDir, logLevel, restoreReads, abandonedRestoreCheck };
+        serve.SetAction((result, _) => ServeAsync(result.GetValue(socket)!, result.GetValue(runtimeDir)!, result.GetValue(logLevel)!, result.GetValue(restoreReads) == "splice",
+            TimeSpan.FromSeconds(result.GetValue(abandonedRestoreCheck))));
 
         var version = new Command("version", "Print the daemon and protocol versions");
         version.SetAction(_ => Console.WriteLine($"dirbackupd {Version} (protocol {Catalog.Shared.ProtocolVersion})"));
@@ -51,7 +65,7 @@ public static class Program
         return await root.Parse(args).InvokeAsync(new InvocationConfiguration { ProcessTerminationTimeout = null }).ConfigureAwait(false);
     }
 
-    private static async Task<int> ServeAsync(string socketPath, string runtimeDir, string logLevel, bool spliceRestoreReads)
+    private static async Task<int> ServeAsync(string socketPath, string runtimeDir, string logLevel, bool spliceRestoreReads, TimeSpan abandonedRestoreCheck)
     {
         using var loggers = SyslogConsole.CreateFactory(SyslogConsole.ParseLevel(logLevel));
         var logger = loggers.CreateLogger("dirbackupd");
@@ -85,6 +99,7 @@ public static class Program
             new StorageApi(storeSettings),
             new ProviderApi(storeSettings, backupSettings, new BackupSessions(), restores));
         var server = new RpcServer(new ServerSettings { SocketPath = checkedSocket }, methods, Catalog.Shared, loggers);
+        var abandonedRestores = restores.EndAbandonedAsync(abandonedRestoreCheck, logger, stopping.Token);
         try
         {
             await server.RunAsync(stopping.Token).ConfigureAwait(false);
@@ -97,6 +112,8 @@ public static class Program
         }
         finally
         {
+            await stopping.CancelAsync().ConfigureAwait(false);
+            await abandonedRestores.ConfigureAwait(false);
             await restores.StopAllAsync().ConfigureAwait(false);
         }
     }

@@ -276,7 +276,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         var store = Open(args);
         var volume = VmVolume(args);
         var manifest = store.ReadManifest(volume);
-        restores.Begin(store, volume);
+        restores.Begin(store, volume, context.Peer.Pid);
         return Task.FromResult<object?>(manifest.Devices.ToDictionary(d => d.Name, d => new Dictionary<string, long> { ["size"] = d.Size }));
     }
 
@@ -284,7 +284,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     private async Task<object?> RestoreVmVolumeInit(RpcArgs args, CallContext context)
     {
         var store = Open(args);
-        var path = await restores.ExportAsync(store, VmVolume(args), args.String("device"), context.Logger, context.CancellationToken).ConfigureAwait(false);
+        var path = await restores.ExportAsync(store, VmVolume(args), args.String("device"), context.Peer.Pid, context.Logger, context.CancellationToken).ConfigureAwait(false);
         return new Dictionary<string, string> { ["qemu-img-path"] = path };
     }
 
@@ -298,7 +298,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     [RpcMethod("restore_vm_cleanup")]
     private async Task<object?> RestoreVmCleanup(RpcArgs args, CallContext context)
     {
-        await restores.EndAsync(Open(args), VmVolume(args)).ConfigureAwait(false);
+        await restores.EndAsync(Open(args).Root, VmVolume(args)).ConfigureAwait(false);
         return null;
     }
 
@@ -332,10 +332,10 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
         }
         if (manifest.Archive == ContainerBackup.ArchiveFile)
         {
-            ContainerMounts.HoldArchive(store, volume);
+            restores.Begin(store, volume, context.Peer.Pid);
             return new Dictionary<string, string> { ["tar-path"] = path };
         }
-        var directory = await restores.Containers.MountAsync(store, volume, path, context.CancellationToken).ConfigureAwait(false);
+        var directory = await restores.MountContainerAsync(store, volume, path, context.Peer.Pid, context.CancellationToken).ConfigureAwait(false);
         return new Dictionary<string, string> { ["archive-directory"] = directory };
     }
 
@@ -343,7 +343,7 @@ public sealed class ProviderApi(StoreSettings settings, BackupSettings backupSet
     [RpcMethod("restore_container_cleanup")]
     private async Task<object?> RestoreContainerCleanup(RpcArgs args, CallContext context)
     {
-        await restores.Containers.UnmountAsync(Open(args), args.Volume()).ConfigureAwait(false);
+        await restores.EndContainerAsync(Open(args).Root, args.Volume()).ConfigureAwait(false);
         return null;
     }
 }

@@ -2,9 +2,37 @@ using System.Globalization;
 
 namespace DirBackup.Backup;
 
-/// <summary>Process facts from /proc: ancestry and user-namespace id maps.</summary>
+/// <summary>A process told apart from a later one that reuses its pid, by the time it started (in clock ticks since boot).</summary>
+public readonly record struct ProcessStamp(int Pid, ulong StartTicks);
+
+/// <summary>Process facts from /proc: identity, ancestry and user-namespace id maps.</summary>
 public static class ProcessTree
 {
+    /// <summary>The process now running under <paramref name="pid"/>, or null when none is (a zombie has ended).</summary>
+    public static ProcessStamp? StampOf(int pid)
+    {
+        string stat;
+        try
+        {
+            stat = File.ReadAllText($"/proc/{pid}/stat");
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            return null;
+        }
+        // The command name in brackets may hold spaces and brackets itself; the fields after the last one are plain.
+        var fields = stat.AsSpan(stat.LastIndexOf(')') + 1).Trim().ToString().Split(' ');
+        const int State = 0, StartTime = 19;
+        if (fields.Length <= StartTime || fields[State] is "Z" or "X" or "x"
+            || !ulong.TryParse(fields[StartTime], NumberStyles.None, CultureInfo.InvariantCulture, out var ticks))
+        {
+            return null;
+        }
+        return new ProcessStamp(pid, ticks);
+    }
+
+    public static bool IsRunning(ProcessStamp process) => StampOf(process.Pid) == process;
+
     public static int? ParentOf(int pid)
     {
         try

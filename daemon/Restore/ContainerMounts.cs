@@ -47,23 +47,17 @@ public sealed class ContainerMounts(string exportDir)
     }
 
     /// <summary>
-    /// The tar mechanism: PVE reads the archive in place, so it must not be deleted before the cleanup (from another
-    /// node of a shared storage, a delete would pull the file from under the reader).
-    /// </summary>
-    public static void HoldArchive(BackupStore store, VolumeName volume) => InUse.Acquire(store.Root, volume);
-
-    /// <summary>
     /// The cleanup of either mechanism; idempotent. A mount still in use stays mounted and the cleanup says so;
     /// calling it again later finishes it.
     /// </summary>
-    public async Task UnmountAsync(BackupStore store, VolumeName volume)
+    public async Task UnmountAsync(string root, VolumeName volume)
     {
         await _lock.WaitAsync().ConfigureAwait(false);
         try
         {
-            if (!_mounts.TryGetValue((store.Root, volume), out var mountpoint))
+            if (!_mounts.TryGetValue((root, volume), out var mountpoint))
             {
-                InUse.ReleaseAll(store.Root, volume);
+                InUse.ReleaseAll(root, volume);
                 return;
             }
             try
@@ -75,8 +69,8 @@ public sealed class ContainerMounts(string exportDir)
                 throw new DirBackupException(ErrorCode.Busy, $"cannot unmount the restore of '{volume}' at {mountpoint}: {e.Message}; run the cleanup again once nothing uses it");
             }
             Directory.Delete(mountpoint);
-            _mounts.TryRemove((store.Root, volume), out _);
-            InUse.ReleaseAll(store.Root, volume);
+            _mounts.TryRemove((root, volume), out _);
+            InUse.ReleaseAll(root, volume);
         }
         finally
         {

@@ -18,8 +18,8 @@ public static class InUse
 {
     public const string FileName = ".restore.lock";
 
-    /// <summary>PVE always ends a restore with its cleanup call, unless its task was killed outright.</summary>
-    private const string StaleHint = "a restore whose task was killed holds it until dirbackupd restarts on its node";
+    /// <summary>PVE always ends a restore with its cleanup call, unless its task was killed outright (see RestoreCallers).</summary>
+    private const string StaleHint = "a restore whose task was killed holds it until dirbackupd on its node notices, within a minute";
 
     private static readonly Lock Gate = new();
     private static readonly Dictionary<(string Root, VolumeName Volume), Use> Uses = [];
