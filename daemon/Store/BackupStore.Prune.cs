@@ -21,6 +21,11 @@ public sealed partial class BackupStore
             {
                 await DeleteAsync(volume, cancellationToken, message => log("info", message)).ConfigureAwait(false);
             }
+            catch (DirBackupException e) when (e.Code == ErrorCode.NotFound && !Directory.Exists(BackupDir(volume)))
+            {
+                // Another prune or delete, on this node or another sharing the storage, got there first.
+                await log("info", $"backup '{volume.VolId(config.StoreId)}' was already removed").ConfigureAwait(false);
+            }
             catch (DirBackupException e)
             {
                 failed++;

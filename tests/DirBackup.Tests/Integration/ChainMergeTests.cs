@@ -358,6 +358,34 @@ public sealed class ChainMergeTests : IDisposable
             "merging 'test:backup/100/qemu-1700172800' into 'test:backup/100/qemu-1700259200' (drive-scsi0)"], _log);
     }
 
+    [Fact]
+    public async Task A_prune_that_finds_a_backup_already_removed_by_another_node_goes_on_and_succeeds()
+    {
+        var chain = await ChainAsync();
+        var secondBefore = await ContentOfAsync(chain.Second);
+        var otherNode = new BackupStore(new StorageConfig("test", _storage.Root), new StoreSettings());
+        var keepLast = new Dictionary<string, long> { ["keep-last"] = 1 };
+
+        // The other node's prune removes the full backup between this prune's listing and its own removal of it.
+        var result = await _store.PruneAsync(keepLast, 100, null, dryRun: false, async (_, message) =>
+        {
+            await Log(message);
+            if (message == "removing backup 'test:backup/100/qemu-1700000000'")
+            {
+                await otherNode.DeleteAsync(chain.Full.Volume, default);
+            }
+        }, default);
+
+        Assert.Equal(2, result.Count(r => r.Mark == "remove"));
+        Assert.Equal([chain.Second.Volume], _store.ListBackups(100).Select(b => b.Volume));
+        await AssertReadsAsAsync(chain.Second, secondBefore);
+        Assert.Equal([
+            "removing backup 'test:backup/100/qemu-1700000000'",
+            "backup 'test:backup/100/qemu-1700000000' was already removed",
+            "removing backup 'test:backup/100/qemu-1700086400'",
+            "merging 'test:backup/100/qemu-1700086400' into 'test:backup/100/qemu-1700172800' (drive-scsi0)"], _log);
+    }
+
     private void MarkMerging(PreparedBackup backup)
     {
         var manifest = _store.ReadManifest(backup.Volume);
