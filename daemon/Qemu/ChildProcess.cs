@@ -6,7 +6,18 @@ namespace DirBackup.Qemu;
 /// <summary>Runs a tool to completion; a failure becomes one line naming the tool and its last error line.</summary>
 public static class ChildProcess
 {
-    public static async Task<string> RunAsync(string tool, IEnumerable<string> args, CancellationToken cancellationToken)
+    public static Task<string> RunAsync(string tool, IEnumerable<string> args, CancellationToken cancellationToken) =>
+        RunAsync(tool, args, async (output, token) =>
+        {
+            using var reader = new StreamReader(output);
+            return await reader.ReadToEndAsync(token).ConfigureAwait(false);
+        }, cancellationToken);
+
+    /// <summary>
+    /// Runs the tool with its output read as it comes by <paramref name="readOutput"/>, for output too large to hold.
+    /// The tool's own failure wins over the reader's: a reader choking on a tool's cut-short output says less.
+    /// </summary>
+    public static async Task<T> RunAsync<T>(string tool, IEnumerable<string> args, Func<Stream, CancellationToken, Task<T>> readOutput, CancellationToken cancellationToken)
     {
         var psi = new ProcessStartInfo(tool) { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         foreach (var arg in args)
@@ -24,10 +35,22 @@ public static class ChildProcess
         }
         using (process)
         {
-            var stdout = process.StandardOutput.ReadToEndAsync(CancellationToken.None);
             var stderr = process.StandardError.ReadToEndAsync(CancellationToken.None);
+            var output = process.StandardOutput.BaseStream;
+            T result = default!;
+            Exception? readFailure = null;
             try
             {
+                try
+                {
+                    result = await readOutput(output, cancellationToken).ConfigureAwait(false);
+                }
+                catch (Exception e) when (e is not OperationCanceledException)
+                {
+                    readFailure = e;
+                    // The tool must not block on a full pipe: what it still writes goes nowhere.
+                    await output.CopyToAsync(Stream.Null, cancellationToken).ConfigureAwait(false);
+                }
                 await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
@@ -40,7 +63,11 @@ public static class ChildProcess
                 var error = (await stderr.ConfigureAwait(false)).Split('\n', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).LastOrDefault() ?? $"exit code {process.ExitCode}";
                 throw DirBackupException.Io($"{Path.GetFileName(tool)} failed: {error}");
             }
-            return await stdout.ConfigureAwait(false);
+            if (readFailure is not null)
+            {
+                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readFailure);
+            }
+            return result;
         }
     }
 }

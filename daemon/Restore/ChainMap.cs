@@ -1,7 +1,4 @@
-using System.Text;
-using System.Text.Json;
 using DirBackup.Errors;
-using DirBackup.Qemu;
 
 namespace DirBackup.Restore;
 
@@ -10,7 +7,7 @@ namespace DirBackup.Restore;
 /// (<c>qemu-img map</c> over the chain given node by node, never from the headers), once per export; the layers are
 /// read-only while restored, so the map stays true. Ranges are sorted and cover the disk without gaps.
 /// </summary>
-public sealed class ChainMap
+public sealed partial class ChainMap
 {
     public const int Zero = -1;
 
@@ -18,12 +15,12 @@ public sealed class ChainMap
     private readonly long[] _offsets;
     private readonly int[] _layers;
 
-    private ChainMap(long size, List<(long Start, long Offset, int Layer)> ranges)
+    private ChainMap(long size, long[] starts, long[] offsets, int[] layers)
     {
         Size = size;
-        _starts = ranges.Select(r => r.Start).ToArray();
-        _offsets = ranges.Select(r => r.Offset).ToArray();
-        _layers = ranges.Select(r => r.Layer).ToArray();
+        _starts = starts;
+        _offsets = offsets;
+        _layers = layers;
         DataBytes = DataRanges().Sum(r => r.Length);
         var holes = Enumerable.Range(0, _starts.Length).Where(i => _layers[i] == Zero && End(i) - _starts[i] >= MinimumHole).ToList();
         _holeStarts = holes.Select(i => _starts[i]).ToArray();
@@ -111,81 +108,13 @@ public sealed class ChainMap
         return i >= 0 ? i : ~i - 1;
     }
 
-    /// <summary>
-    /// Maps the chain whose layers (base first) are open at <paramref name="layerFiles"/>. Returns null when some data
-    /// cannot be read straight from a file (compressed or encrypted clusters): such a chain needs QEMU to serve it.
-    /// </summary>
-    public static async Task<ChainMap?> BuildAsync(IReadOnlyList<string> layerFiles, long size, CancellationToken cancellationToken)
-    {
-        var json = await ChildProcess.RunAsync(QemuImg.Tool, ["map", "--output=json", ImageOptions(layerFiles)], cancellationToken).ConfigureAwait(false);
-        return Parse(Encoding.UTF8.GetBytes(json), layerFiles.Count, size);
-    }
-
-    /// <summary>One read-only qcow2 node per layer, each naming its backing node; the base has none.</summary>
-    public static string ImageOptions(IReadOnlyList<string> layerFiles)
-    {
-        Dictionary<string, object?>? node = null;
-        foreach (var file in layerFiles)
-        {
-            node = new Dictionary<string, object?>
-            {
-                ["driver"] = "qcow2", ["read-only"] = true,
-                ["file"] = new Dictionary<string, object?> { ["driver"] = "file", ["filename"] = file, ["read-only"] = true },
-                ["backing"] = node,
-            };
-        }
-        return "json:" + JsonSerializer.Serialize(node);
-    }
-
-    public static ChainMap? Parse(ReadOnlySpan<byte> json, int layerCount, long size)
-    {
-        var ranges = new List<(long Start, long Offset, int Layer)>();
-        var reader = new Utf8JsonReader(json);
-        long expected = 0;
-        reader.Read();
-        Expect(reader.TokenType == JsonTokenType.StartArray, "not a list");
-        while (reader.Read() && reader.TokenType == JsonTokenType.StartObject)
-        {
-            long start = -1, length = -1, offset = -1;
-            int depth = -1;
-            bool data = false;
-            while (reader.Read() && reader.TokenType == JsonTokenType.PropertyName)
-            {
-                var name = reader.GetString();
-                reader.Read();
-                switch (name)
-                {
-                    case "start": start = reader.GetInt64(); break;
-                    case "length": length = reader.GetInt64(); break;
-                    case "depth": depth = reader.GetInt32(); break;
-                    case "data": data = reader.GetBoolean(); break;
-                    case "offset": offset = reader.GetInt64(); break;
-                    default: reader.Skip(); break;
-                }
-            }
-            Expect(start == expected && length > 0, $"range at {start} does not follow {expected}");
-            expected = start + length;
-            if (data && offset < 0)
-            {
-                return null;
-            }
-            Expect(!data || (depth >= 0 && depth < layerCount), $"depth {depth} is not in a chain of {layerCount}");
-            int layer = data ? layerCount - 1 - depth : Zero;
-            if (ranges.Count > 0 && ranges[^1].Layer == Zero && layer == Zero)
-            {
-                continue;
-            }
-            ranges.Add((start, data ? offset : 0, layer));
-        }
-        Expect(expected == size, $"the map covers {expected} of {size} bytes");
-        return new ChainMap(size, ranges);
-    }
-
     private static void Expect(bool condition, string problem)
     {
         if (!condition)
         {
-            throw DirBackupException.Io($"qemu-img map gave an unusable map: {problem}");
+            throw Unusable(problem);
         }
     }
+
+    private static DirBackupException Unusable(string problem) => DirBackupException.Io($"qemu-img map gave an unusable map: {problem}");
 }

@@ -23,7 +23,7 @@ public sealed class StorageBuilder
 
     public JsonObject Scfg => new() { ["type"] = "dirbackup", ["path"] = Root, ["content"] = new JsonObject { ["backup"] = 1 } };
 
-    public PreparedBackup AddVm(int vmid, long time, string? parent = null, string? notes = null, bool isProtected = false, int diskBytes = 4096)
+    public PreparedBackup AddVm(int vmid, long time, string? parent = null, string? notes = null, bool isProtected = false, int diskBytes = 4096, long deviceSize = 4L << 30)
     {
         var volume = new VolumeName(vmid, GuestType.Qemu, time);
         var dir = Path.Combine(Root, vmid.ToString(System.Globalization.CultureInfo.InvariantCulture), volume.BackupDirName);
@@ -41,7 +41,7 @@ public sealed class StorageBuilder
             Notes = notes,
             Protected = isProtected,
             GuestConfig = "guest.conf",
-            Devices = [new ManifestDevice { Name = "drive-scsi0", Size = 4L << 30, File = "drive-scsi0.qcow2", Parent = parent is null ? null : $"qemu-{parent}" }],
+            Devices = [new ManifestDevice { Name = "drive-scsi0", Size = deviceSize, File = "drive-scsi0.qcow2", Parent = parent is null ? null : $"qemu-{parent}" }],
         };
         File.WriteAllBytes(Path.Combine(dir, Manifest.FileName), manifest.ToBytes());
         var prepared = new PreparedBackup(volume, dir, manifest, config);
@@ -53,17 +53,22 @@ public sealed class StorageBuilder
     /// A VM backup whose disk is a real 4 GiB qcow2 image, for tests that export or merge it: empty, or backed by
     /// the parent's image as a backup writes it, then changed by the given qemu-io commands ("write -P 1 0 1M").
     /// </summary>
-    public async Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time, string? parent = null, params string[] writes)
+    public Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time, string? parent = null, params string[] writes) =>
+        AddVmWithImageAsync(vmid, time, parent, 4L << 30, [], writes);
+
+    /// <summary>The same with a disk of <paramref name="size"/> bytes, created with qemu-img's <paramref name="createOptions"/> ("-o", ...).</summary>
+    public async Task<PreparedBackup> AddVmWithImageAsync(int vmid, long time, string? parent, long size, string[] createOptions, params string[] writes)
     {
-        var backup = AddVm(vmid, time, parent);
+        var backup = AddVm(vmid, time, parent, deviceSize: size);
         var image = Path.Combine(backup.Directory, "drive-scsi0.qcow2");
         File.Delete(image);
         var create = new List<string> { "create", "-q", "-f", "qcow2" };
+        create.AddRange(createOptions);
         if (parent is not null)
         {
             create.AddRange(["-u", "-b", $"../qemu-{parent}/drive-scsi0.qcow2", "-F", "qcow2"]);
         }
-        create.AddRange([image, (4L << 30).ToString(System.Globalization.CultureInfo.InvariantCulture)]);
+        create.AddRange([image, size.ToString(System.Globalization.CultureInfo.InvariantCulture)]);
         await SourceDisk.Run("qemu-img", [.. create]);
         if (writes.Length > 0)
         {

@@ -77,10 +77,49 @@ public class ChainMapTests
     [InlineData("""[{ "start": 0, "length": 4194304, "depth": 0, "data": false}, { "start": 5242880, "length": 3145728, "depth": 0, "data": false}]""")] // a gap
     [InlineData("""[{ "start": 0, "length": 8388608, "depth": 2, "data": true, "offset": 0}]""")] // deeper than the chain
     [InlineData("""{ "start": 0 }""")]
+    [InlineData("""[{ "start": 0, "length": 8388608, "depth": 0, "data": false}""")] // cut short
+    [InlineData("""[{ "start": 0, "length": "all", "depth": 0, "data": false}]""")]
+    [InlineData("""[{ "start": 0, "length": 8388608, "depth": 0, "data": false} "more"]""")]
     public void A_map_that_does_not_describe_the_disk_exactly_is_refused(string json)
     {
         var e = Assert.Throws<DirBackupException>(() => Parse(json));
         Assert.StartsWith("qemu-img map gave an unusable map", e.Message, StringComparison.Ordinal);
+    }
+
+    [Fact]
+    public async Task A_map_read_as_it_comes_a_byte_at_a_time_is_the_map_read_whole()
+    {
+        var whole = Parse(TwoLayers)!;
+        using var trickle = new TrickleStream(Encoding.UTF8.GetBytes(TwoLayers));
+
+        var read = (await ChainMap.ReadAsync(trickle, 2, Size, CancellationToken.None))!;
+
+        Assert.Equal(whole.RangeCount, read.RangeCount);
+        Assert.Equal(whole.DataRanges(), read.DataRanges());
+        Assert.Equal(whole.Locate(2000000), read.Locate(2000000));
+        Assert.True(trickle.Reads > TwoLayers.Length / 2, "the stream was not read a little at a time");
+    }
+
+    [Fact]
+    public async Task A_map_cut_short_in_the_middle_of_a_range_is_refused()
+    {
+        using var trickle = new TrickleStream(Encoding.UTF8.GetBytes(TwoLayers[..300]));
+
+        var e = await Assert.ThrowsAsync<DirBackupException>(() => ChainMap.ReadAsync(trickle, 2, Size, CancellationToken.None));
+
+        Assert.Equal("qemu-img map gave an unusable map: it ends before its list does", e.Message);
+    }
+
+    /// <summary>Hands out at most one byte per read, as a pipe may at any point.</summary>
+    private sealed class TrickleStream(byte[] bytes) : MemoryStream(bytes)
+    {
+        public int Reads { get; private set; }
+
+        public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+        {
+            Reads++;
+            return base.ReadAsync(buffer[..Math.Min(1, buffer.Length)], cancellationToken);
+        }
     }
 
     [Fact]
