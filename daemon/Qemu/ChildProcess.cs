@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using DirBackup.Errors;
 
 namespace DirBackup.Qemu;
@@ -9,7 +10,7 @@ public static class ChildProcess
     public static Task<string> RunAsync(string tool, IEnumerable<string> args, CancellationToken cancellationToken) =>
         RunAsync(tool, args, async (output, token) =>
         {
-            using var reader = new StreamReader(output);
+            using var reader = new StreamReader(output, leaveOpen: true);
             return await reader.ReadToEndAsync(token).ConfigureAwait(false);
         }, cancellationToken);
 
@@ -48,9 +49,9 @@ public static class ChildProcess
                 catch (Exception e) when (e is not OperationCanceledException)
                 {
                     readFailure = e;
-                    // The tool must not block on a full pipe: what it still writes goes nowhere.
-                    await output.CopyToAsync(Stream.Null, cancellationToken).ConfigureAwait(false);
                 }
+                // The tool must not block on a full pipe: what the reader left goes nowhere.
+                await output.CopyToAsync(Stream.Null, cancellationToken).ConfigureAwait(false);
                 await process.WaitForExitAsync(cancellationToken).ConfigureAwait(false);
             }
             catch (OperationCanceledException)
@@ -65,7 +66,7 @@ public static class ChildProcess
             }
             if (readFailure is not null)
             {
-                System.Runtime.ExceptionServices.ExceptionDispatchInfo.Throw(readFailure);
+                ExceptionDispatchInfo.Throw(readFailure);
             }
             return result;
         }

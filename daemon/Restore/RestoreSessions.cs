@@ -1,5 +1,4 @@
 using System.Collections.Concurrent;
-using DirBackup.Errors;
 using DirBackup.Store;
 using Microsoft.Extensions.Logging;
 
@@ -136,8 +135,9 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
                         }
                         RestoreLog.Abandoned(logger, volume.ToString(), root, pids);
                     }
-                    catch (DirBackupException e)
+                    catch (Exception e) when (e is not OperationCanceledException)
                     {
+                        // Whatever went wrong, the watch goes on for this restore and the others.
                         RestoreLog.AbandonedNotEnded(logger, volume.ToString(), root, e.Message);
                     }
                 }
