@@ -159,14 +159,21 @@ public sealed partial class ChainMap
                 else if (isData) data = reader.GetBoolean();
                 else if (isOffset) offset = reader.GetInt64();
             }
-            Expect(start == _expected && length > 0, $"range at {start} does not follow {_expected}");
+            // Checked without Expect: its message, formatted for each of millions of ranges, was most of the garbage.
+            if (start != _expected || length <= 0)
+            {
+                throw Unusable($"range at {start} does not follow {_expected}");
+            }
             _expected = start + length;
             if (data && offset < 0)
             {
                 _needsQemu = true;
                 return true;
             }
-            Expect(!data || (depth >= 0 && depth < layerCount), $"depth {depth} is not in a chain of {layerCount}");
+            if (data && (depth < 0 || depth >= layerCount))
+            {
+                throw Unusable($"depth {depth} is not in a chain of {layerCount}");
+            }
             int layer = data ? layerCount - 1 - depth : Zero;
             if (_layers.Count == 0 || _layers[^1] != Zero || layer != Zero)
             {
