@@ -46,27 +46,16 @@ public sealed class RestoreCallers
     /// </summary>
     public List<(string Root, VolumeName Volume, string Pids)> Abandoned(TimeSpan quiet)
     {
-        List<(string, VolumeName, Callers)> candidates;
+        List<(string Root, VolumeName Volume, ProcessStamp[] Processes)> quietOnes;
         long now = Environment.TickCount64;
         lock (_gate)
         {
-            candidates = _restores.Where(r => now - r.Value.LastCall >= quiet.TotalMilliseconds)
-                .Select(r => (r.Key.Root, r.Key.Volume, r.Value)).ToList();
+            quietOnes = _restores.Where(r => now - r.Value.LastCall >= quiet.TotalMilliseconds)
+                .Select(r => (r.Key.Root, r.Key.Volume, r.Value.Processes.ToArray())).ToList();
         }
-        var abandoned = new List<(string, VolumeName, string)>();
-        foreach (var (root, volume, callers) in candidates)
-        {
-            ProcessStamp[] processes;
-            lock (_gate)
-            {
-                processes = [.. callers.Processes];
-            }
-            if (!processes.Any(ProcessTree.IsRunning))
-            {
-                abandoned.Add((root, volume, string.Join(", ", processes.Select(p => p.Pid))));
-            }
-        }
-        return abandoned;
+        // /proc is read outside the lock, so calls are never held up by it.
+        return quietOnes.Where(r => !r.Processes.Any(ProcessTree.IsRunning))
+            .Select(r => (r.Root, r.Volume, string.Join(", ", r.Processes.Select(p => p.Pid)))).ToList();
     }
 
     private sealed class Callers
