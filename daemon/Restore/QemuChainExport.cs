@@ -79,19 +79,10 @@ public sealed class QemuChainExport : IChainExport
     /// <summary>SIGTERM unmounts; an export that does not go is unmounted lazily and killed.</summary>
     public async Task StopAsync()
     {
-        if (!_process.HasExited)
+        if (!await StorageDaemon.TerminateAsync(_process, TimeSpan.FromSeconds(20)).ConfigureAwait(false))
         {
-            Libc.kill(_process.Id, 15);
-            using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(20));
-            try
-            {
-                await _process.WaitForExitAsync(timeout.Token).ConfigureAwait(false);
-            }
-            catch (OperationCanceledException)
-            {
-                await ChildProcess.RunAsync("umount", ["-l", Path], CancellationToken.None).ConfigureAwait(false);
-                _process.Kill();
-            }
+            await ChildProcess.RunAsync("umount", ["-l", Path], CancellationToken.None).ConfigureAwait(false);
+            _process.Kill();
         }
         _process.Dispose();
         Remove(Path);

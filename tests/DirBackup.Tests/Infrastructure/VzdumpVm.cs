@@ -54,7 +54,7 @@ public static class VzdumpVm
         await using (var access = await disk.OpenBackupAccessAsync(device))
         {
             var run = await RunAsync(daemonSocket, storage, vmid, device, disk.Size, access.SocketPath, disk.Bitmap, startTime);
-            Xunit.Assert.True(run.ExitCode == 0, run.Log);
+            Xunit.Assert.True(run.ExitCode == 0, $"{run.Output.ToJsonString()}\n{run.Log}");
         }
         await disk.CommitBitmapAsync();
     }
