@@ -1,10 +1,9 @@
 using System.Globalization;
-using System.Text.Json;
 using System.Text.Json.Nodes;
 
 namespace DirBackup.Qemu;
 
-/// <summary>qemu-img, for creating, inspecting and merging the backup images: the field's own tool for the qcow2 format.</summary>
+/// <summary>qemu-img, for creating and merging the backup images: the field's own tool for the qcow2 format.</summary>
 public static class QemuImg
 {
     public const string Tool = "qemu-img";
@@ -24,21 +23,6 @@ public static class QemuImg
         }
         args.AddRange([path, size.ToString(CultureInfo.InvariantCulture)]);
         return ChildProcess.RunAsync(Tool, args, cancellationToken);
-    }
-
-    /// <summary>What an image's header says. qemu-img info opens only this image (no backing file, no I/O).</summary>
-    public static async Task<ImageInfo> InfoAsync(string path, CancellationToken cancellationToken)
-    {
-        var json = await ChildProcess.RunAsync(Tool, ["info", "--output=json", "-f", "qcow2", path], cancellationToken).ConfigureAwait(false);
-        using var info = JsonDocument.Parse(json);
-        var root = info.RootElement;
-        string? dataFile = root.TryGetProperty("format-specific", out var specific) && specific.TryGetProperty("data", out var data)
-            && data.TryGetProperty("data-file", out var file) ? file.GetString() : null;
-        return new ImageInfo(
-            root.GetProperty("format").GetString(),
-            root.GetProperty("virtual-size").GetInt64(),
-            root.TryGetProperty("backing-filename", out var backing) ? backing.GetString() : null,
-            dataFile);
     }
 
     /// <summary>
@@ -64,5 +48,3 @@ public static class QemuImg
         return ChildProcess.RunAsync(Tool, ["commit", "-q", "-d", "json:" + node!.ToJsonString()], cancellationToken);
     }
 }
-
-public sealed record ImageInfo(string? Format, long VirtualSize, string? BackingFile, string? DataFile);

@@ -13,7 +13,7 @@ namespace DirBackup.Restore;
 /// </summary>
 public static class ChainBuilder
 {
-    public static async Task<List<ChainLayer>> BuildAsync(BackupStore store, VolumeName volume, string device, CancellationToken cancellationToken)
+    public static List<ChainLayer> Build(BackupStore store, VolumeName volume, string device)
     {
         VmBackup.CheckDeviceName(device);
         var layers = new List<ChainLayer>();
@@ -55,7 +55,7 @@ public static class ChainBuilder
         {
             foreach (var layer in layers)
             {
-                await CheckLayerAsync(layer, cancellationToken).ConfigureAwait(false);
+                CheckLayer(layer);
             }
         }
         catch (DirBackupException e) when (e.Code == ErrorCode.IoError && merging is VolumeName cutShort)
@@ -66,7 +66,7 @@ public static class ChainBuilder
         return layers;
     }
 
-    private static async Task CheckLayerAsync(ChainLayer layer, CancellationToken cancellationToken)
+    private static void CheckLayer(ChainLayer layer)
     {
         int type = Libc.FileType(layer.Path);
         if (type == -1)
@@ -77,22 +77,26 @@ public static class ChainBuilder
         {
             throw DirBackupException.Io($"{layer.Backup}: image '{layer.Path}' is not a regular file (a link or something else replaced it)");
         }
-        var info = await QemuImg.InfoAsync(layer.Path, cancellationToken).ConfigureAwait(false);
-        if (info.Format != "qcow2")
+        Qcow2Info header;
+        try
         {
-            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' is not qcow2");
+            header = Qcow2Header.Read(layer.Path);
         }
-        if (info.VirtualSize != layer.Size)
+        catch (DirBackupException e)
         {
-            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' has {info.VirtualSize} bytes, the manifest records {layer.Size}");
+            throw DirBackupException.Io($"{layer.Backup}: {e.Message}", e);
         }
-        if (info.DataFile is not null)
+        if (header.VirtualSize != layer.Size)
         {
-            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' keeps its data in an external file '{info.DataFile}'; refusing it");
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' has {header.VirtualSize} bytes, the manifest records {layer.Size}");
         }
-        if (info.BackingFile != layer.ExpectedBacking)
+        if (header.HasExternalData)
         {
-            throw DirBackupException.Io($"{layer.Backup}: the header of '{layer.Path}' names backing file '{info.BackingFile ?? "(none)"}' where the catalog says '{layer.ExpectedBacking ?? "(none)"}'; refusing a tampered image");
+            throw DirBackupException.Io($"{layer.Backup}: '{layer.Path}' keeps its data in an external file '{header.DataFile ?? "(named by the caller)"}'; refusing it");
+        }
+        if (header.BackingFile != layer.ExpectedBacking)
+        {
+            throw DirBackupException.Io($"{layer.Backup}: the header of '{layer.Path}' names backing file '{header.BackingFile ?? "(none)"}' where the catalog says '{layer.ExpectedBacking ?? "(none)"}'; refusing a tampered image");
         }
     }
 }

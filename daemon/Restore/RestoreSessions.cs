@@ -55,7 +55,7 @@ public sealed class RestoreSessions(string runtimeDir, bool spliceReads = true)
     /// </summary>
     private async Task<IChainExport> StartAsync(BackupStore store, VolumeName volume, string device, ILogger logger, CancellationToken cancellationToken)
     {
-        var layers = await ChainBuilder.BuildAsync(store, volume, device, cancellationToken).ConfigureAwait(false);
+        var layers = ChainBuilder.Build(store, volume, device);
         var mountpoint = Path.Combine(ExportDir, $"{volume.VmId}-{volume.BackupDirName}-{device}-{Guid.NewGuid():N}.raw");
         using var chain = await ChainFiles.OpenAsync(layers, cancellationToken).ConfigureAwait(false);
         if (chain.Map is null)

@@ -37,8 +37,8 @@ public sealed partial class BackupStore
         var pending = new List<(DependentImage Dependent, List<ChainLayer>? Layers)>();
         foreach (var dependent in dependents)
         {
-            bool moved = manifest.Merging && await AlreadyMovedAsync(volume, manifest, dependent, cancellationToken).ConfigureAwait(false);
-            pending.Add((dependent, moved ? null : await CheckedChainAsync(volume, dependent, cancellationToken).ConfigureAwait(false)));
+            bool moved = manifest.Merging && AlreadyMoved(volume, manifest, dependent);
+            pending.Add((dependent, moved ? null : CheckedChain(volume, dependent)));
         }
         if (!manifest.Merging)
         {
@@ -62,11 +62,11 @@ public sealed partial class BackupStore
         }
     }
 
-    private async Task<List<ChainLayer>> CheckedChainAsync(VolumeName volume, DependentImage dependent, CancellationToken cancellationToken)
+    private List<ChainLayer> CheckedChain(VolumeName volume, DependentImage dependent)
     {
         try
         {
-            return await ChainBuilder.BuildAsync(this, dependent.Backup, dependent.Device.Name, cancellationToken).ConfigureAwait(false);
+            return ChainBuilder.Build(this, dependent.Backup, dependent.Device.Name);
         }
         catch (DirBackupException e) when (e.Code == ErrorCode.IoError)
         {
@@ -100,14 +100,14 @@ public sealed partial class BackupStore
     /// Whether an interrupted merge already renamed the merged image into the newer backup: the older image is gone
     /// and the newer one's header names the older one's parent. An older image missing for any other reason is lost.
     /// </summary>
-    private async Task<bool> AlreadyMovedAsync(VolumeName volume, Manifest manifest, DependentImage dependent, CancellationToken cancellationToken)
+    private bool AlreadyMoved(VolumeName volume, Manifest manifest, DependentImage dependent)
     {
         if (Libc.FileType(Path.Combine(BackupDir(volume), dependent.Device.File)) != -1)
         {
             return false;
         }
         var newerImage = Path.Combine(BackupDir(dependent.Backup), dependent.Device.File);
-        var header = await QemuImg.InfoAsync(newerImage, cancellationToken).ConfigureAwait(false);
+        var header = Qcow2Header.Read(newerImage);
         return header.BackingFile == VmDevice.BackingFileOf(ParentOf(manifest, dependent.Device.Name), dependent.Device.File);
     }
 

@@ -59,7 +59,7 @@ public sealed class ChainMergeTests : IDisposable
     /// <summary>The catalog's chain passes the restore's checks, and its top reads exactly as <paramref name="expected"/>.</summary>
     private async Task AssertReadsAsAsync(PreparedBackup backup, string expected)
     {
-        var layers = await ChainBuilder.BuildAsync(_store, backup.Volume, Device, default);
+        var layers = ChainBuilder.Build(_store, backup.Volume, Device);
         Assert.Equal(Image(backup), layers[^1].Path);
         await SourceDisk.Run("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", expected, Image(backup));
     }
@@ -88,7 +88,7 @@ public sealed class ChainMergeTests : IDisposable
         Assert.False(Directory.Exists(full.Directory));
         Assert.Equal(["backup/100/qemu-1700086400", "backup/100/qemu-1700172800"], _store.ListBackups(100).Select(b => b.Volume.ToString()));
         Assert.Null(ParentOf(first));
-        Assert.Null((await QemuImg.InfoAsync(Image(first), default)).BackingFile);
+        Assert.Null((await QemuImgInfo.ReadAsync(Image(first))).BackingFile);
         Assert.Equal("qemu-1700086400", ParentOf(second));
         Assert.Equal(BackupStore.OwnFilesSize(first.Directory), _store.ReadManifest(first.Volume).Size);
         Assert.True(_store.ReadManifest(first.Volume).Size > first.Manifest.Size, "the merged image holds the full backup's data now");
@@ -109,7 +109,7 @@ public sealed class ChainMergeTests : IDisposable
 
         Assert.False(Directory.Exists(first.Directory));
         Assert.Equal("qemu-1700000000", ParentOf(second));
-        Assert.Equal("../qemu-1700000000/drive-scsi0.qcow2", (await QemuImg.InfoAsync(Image(second), default)).BackingFile);
+        Assert.Equal("../qemu-1700000000/drive-scsi0.qcow2", (await QemuImgInfo.ReadAsync(Image(second))).BackingFile);
         Assert.Equal(fullImage, File.ReadAllBytes(Image(full)));
         await AssertReadsAsAsync(full, fullBefore);
         await AssertReadsAsAsync(second, secondBefore);
@@ -286,7 +286,7 @@ public sealed class ChainMergeTests : IDisposable
         var hidden = Assert.Throws<DirBackupException>(() => _store.ReadManifest(full.Volume));
         Assert.Equal(ErrorCode.NotFound, hidden.Code);
         Assert.Contains("is being deleted", hidden.Message, StringComparison.Ordinal);
-        var restore = await Assert.ThrowsAsync<DirBackupException>(() => ChainBuilder.BuildAsync(_store, first.Volume, Device, default));
+        var restore = Assert.Throws<DirBackupException>(() => ChainBuilder.Build(_store, first.Volume, Device));
         Assert.EndsWith("(the chain runs through 'backup/100/qemu-1700000000', whose deletion was cut short; 'pvesm free test:backup/100/qemu-1700000000' finishes it, then try again)", restore.Message, StringComparison.Ordinal);
 
         await _store.DeleteAsync(full.Volume, default);

@@ -650,7 +650,7 @@ public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
         Assert.DoesNotContain('\n', e.Message);
         Assert.Equal([next.Volume], store.ListBackups(100).Select(b => b.Volume));
         Assert.Equal("qemu-1700000000", store.ReadManifest(next.Volume).Devices.Single().Parent);
-        await ChainBuilder.BuildAsync(store, next.Volume, "drive-scsi0", default);
+        ChainBuilder.Build(store, next.Volume, "drive-scsi0");
         await SourceDisk.Run("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", expected, nextImage);
 
         File.Delete(filler);
@@ -658,7 +658,7 @@ public sealed class DiskFullTests() : MountedStorageTests("dirbackup-full")
 
         Assert.False(Directory.Exists(full.Directory));
         Assert.Null(store.ReadManifest(next.Volume).Devices.Single().Parent);
-        await ChainBuilder.BuildAsync(store, next.Volume, "drive-scsi0", default);
+        ChainBuilder.Build(store, next.Volume, "drive-scsi0");
         await SourceDisk.Run("qemu-img", "compare", "-q", "-f", "raw", "-F", "qcow2", expected, nextImage);
     }
 

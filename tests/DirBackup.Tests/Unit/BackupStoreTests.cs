@@ -161,7 +161,7 @@ public sealed class BackupStoreTests : IDisposable
         var e = await Assert.ThrowsAsync<DirBackupException>(() => _store.DeleteAsync(base_.Volume, default));
         Assert.Equal(ErrorCode.IoError, e.Code);
         Assert.Contains("by merging it into 'backup/100/qemu-1700000100'", e.Message, StringComparison.Ordinal);
-        Assert.Contains("is not in qcow2 format", e.Message, StringComparison.Ordinal);
+        Assert.Contains("is not a qcow2 image (no qcow2 magic)", e.Message, StringComparison.Ordinal);
         Assert.Equal(before, Snapshot());
         Assert.Equal(2, _store.ListBackups(100).Count);
     }

@@ -231,7 +231,7 @@ subtest 'free_image of a backup another one depends on, when merging is impossib
     # by volume name, volid or archive name: all contain '<type>-<epoch>'
     my $named = grep { my ($last) = $_->{volname} =~ m!([^/]+)$!; index($err, $last) >= 0 } @dependents;
     ok($named, 'the message names the dependent') or diag("dependents: @{[ map { $_->{volname} } @dependents ]}");
-    like($err, qr/not in qcow2 format/, 'the message says why the merge is impossible');
+    like($err, qr/is not a qcow2 image/, 'the message says why the merge is impossible');
     is_deeply(listing(), $before, 'listing unchanged');
     ok(-d $path, 'still on disk');
 
