@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Globalization;
 using System.Text;
 using System.Text.Json.Nodes;
+using DirBackup.Qemu;
 
 namespace DirBackup.Bench;
 
@@ -375,8 +376,17 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
             + "while ((my $n = sysread($in, $buf, 4194304)) > 0) { syswrite($out, $buf, $n) == $n or die $!; } close($out) or die $!;";
         await Run("perl", ["-e", loop, source.FuseFile!, view]);
         await Run("sync", []);
-        Process.Start("kill", ["-TERM", fuse.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
-        await fuse.WaitForExitAsync();
+        await StopServerAsync(fuse);
+    }
+
+    /// <summary>SIGTERM, again until it goes (see <see cref="StorageDaemon.TerminateAsync"/>): QEMU writes its qcow2 metadata back first.</summary>
+    private static async Task StopServerAsync(Process server)
+    {
+        if (!await StorageDaemon.TerminateAsync(server, TimeSpan.FromSeconds(60)))
+        {
+            server.Kill();
+            throw new InvalidOperationException("qemu-storage-daemon did not stop within 60 s");
+        }
     }
 
     private static async Task WaitForFuseAsync(string file)
@@ -391,8 +401,7 @@ public sealed class VmBench(string repo, string work, DaemonCommand daemonComman
     {
         public async ValueTask DisposeAsync()
         {
-            Process.Start("kill", ["-TERM", Server.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
-            await Server.WaitForExitAsync();
+            await StopServerAsync(Server);
             Server.Dispose();
         }
     }

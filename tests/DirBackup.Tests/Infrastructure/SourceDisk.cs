@@ -125,12 +125,13 @@ public sealed class BackupAccess(Process process, string socket, IReadOnlyDictio
     public string FrozenStateOf(string device) => devices[device].Frozen;
     public async ValueTask DisposeAsync()
     {
-        if (!process.HasExited)
+        // SIGTERM: QEMU writes its cached qcow2 metadata back before it exits.
+        bool stopped = await StorageDaemon.TerminateAsync(process, TimeSpan.FromSeconds(60));
+        if (!stopped)
         {
-            // SIGTERM: QEMU writes its cached qcow2 metadata back before it exits.
-            Process.Start("kill", ["-TERM", process.Id.ToString(CultureInfo.InvariantCulture)])!.WaitForExit();
-            await process.WaitForExitAsync();
+            process.Kill();
         }
         process.Dispose();
+        Xunit.Assert.True(stopped, "the backup access's qemu-storage-daemon did not stop within 60 s");
     }
 }
