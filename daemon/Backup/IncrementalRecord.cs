@@ -14,6 +14,14 @@ public sealed class IncrementalRecord
 {
     public const string FileName = "incremental.json";
 
+    /// <summary>
+    /// The most backups one chain holds. The target's QEMU opens the chain below a new image by the backing names in
+    /// the headers, each relative to the image above it, and the path it builds grows by "../qemu-&lt;epoch&gt;/" per
+    /// layer: past a little over 200 layers it exceeds PATH_MAX and every later incremental of the guest would fail.
+    /// 128 leaves room for a storage path of 1,500 characters, and bounds what a restore reads through.
+    /// </summary>
+    public const int MaxChainLength = 128;
+
     [JsonPropertyName("devices")] public Dictionary<string, IncrementalDevice> Devices { get; set; } = new(StringComparer.Ordinal);
 
     public static string PathFor(BackupStore store, int vmid) => Path.Combine(store.GuestDir(vmid), FileName);
@@ -71,9 +79,35 @@ public sealed class IncrementalRecord
         // QEMU's bitmap is relative to the newest committed backup of the device. A newer one than the record
         // names means the record missed its update (it is written just after the commit): only a full backup is safe.
         bool newerExists = store.ListBackups(vmid).Any(b => b.Volume.BackupTime > parent.BackupTime && b.Manifest.Devices.Any(d => d.Name == device));
-        return newerExists
-            ? ParentChoice.Full($"a backup newer than {entry.Backup}, which QEMU's bitmap is relative to, exists (the clock was set back, or a backup's record was lost)")
+        if (newerExists)
+        {
+            return ParentChoice.Full($"a backup newer than {entry.Backup}, which QEMU's bitmap is relative to, exists (the clock was set back, or a backup's record was lost)");
+        }
+        return ChainLength(store, parent, device) >= MaxChainLength
+            ? ParentChoice.Full($"{entry.Backup} ends a chain of {MaxChainLength} backups, the most one chain holds; this full backup starts a new chain")
             : new ParentChoice(entry.Backup, null);
+    }
+
+    /// <summary>How many backups of the device the chain ending at <paramref name="top"/> holds, counted up to <see cref="MaxChainLength"/>.</summary>
+    private static int ChainLength(BackupStore store, VolumeName top, string device)
+    {
+        int length = 0;
+        for (VolumeName? current = top; current is VolumeName backup && length < MaxChainLength;)
+        {
+            length++;
+            string? parent;
+            try
+            {
+                parent = store.ReadManifest(backup, evenIfMerging: backup != top).Devices.FirstOrDefault(d => d.Name == device)?.Parent;
+            }
+            catch (DirBackupException)
+            {
+                // A broken link ends the count; the restore's chain checks report it where it matters.
+                break;
+            }
+            current = parent is null ? null : VolumeName.FromDirectory(backup.VmId, parent);
+        }
+        return length;
     }
 }
 

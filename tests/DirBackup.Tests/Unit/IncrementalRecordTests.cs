@@ -36,6 +36,26 @@ public sealed class IncrementalRecordTests : IDisposable
         Assert.Equal("qemu-1700000000", record.Choose(_store, 100, "drive-scsi0", 4L << 30).Parent);
     }
 
+    [Theory]
+    [InlineData(IncrementalRecord.MaxChainLength - 1, true)]
+    [InlineData(IncrementalRecord.MaxChainLength, false)]
+    public void A_device_whose_chain_holds_the_most_backups_gets_a_full_backup_and_one_short_of_it_an_incremental(int length, bool incremental)
+    {
+        string? parent = null;
+        long time = 1700000000;
+        for (int i = 0; i < length; i++, time += 3600)
+        {
+            _storage.AddVm(100, time, parent);
+            parent = time.ToString(System.Globalization.CultureInfo.InvariantCulture);
+        }
+        var record = RecordFor("drive-scsi0", $"qemu-{parent}", 4L << 30);
+
+        var choice = record.Choose(_store, 100, "drive-scsi0", 4L << 30);
+
+        Assert.Equal(incremental ? $"qemu-{parent}" : null, choice.Parent);
+        Assert.Equal(incremental ? null : $"qemu-{parent} ends a chain of {IncrementalRecord.MaxChainLength} backups, the most one chain holds; this full backup starts a new chain", choice.WhyFull);
+    }
+
     [Fact]
     public void A_resized_disk_a_deleted_parent_or_an_unknown_device_has_none()
     {
