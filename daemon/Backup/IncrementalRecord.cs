@@ -1,6 +1,7 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using DirBackup.Errors;
+using DirBackup.Restore;
 using DirBackup.Store;
 
 namespace DirBackup.Backup;
@@ -83,31 +84,20 @@ public sealed class IncrementalRecord
         {
             return ParentChoice.Full($"a backup newer than {entry.Backup}, which QEMU's bitmap is relative to, exists (the clock was set back, or a backup's record was lost)");
         }
-        return ChainLength(store, parent, device) >= MaxChainLength
-            ? ParentChoice.Full($"{entry.Backup} ends a chain of {MaxChainLength} backups, the most one chain holds; this full backup starts a new chain")
-            : new ParentChoice(entry.Backup, null);
-    }
-
-    /// <summary>How many backups of the device the chain ending at <paramref name="top"/> holds, counted up to <see cref="MaxChainLength"/>.</summary>
-    private static int ChainLength(BackupStore store, VolumeName top, string device)
-    {
-        int length = 0;
-        for (VolumeName? current = top; current is VolumeName backup && length < MaxChainLength;)
+        // The new image rests on the whole chain below the parent: one that is damaged (a layer gone, a header that is
+        // not the catalog's) would fail this backup and every later one, where a full backup starts afresh.
+        List<ChainLayer> chain;
+        try
         {
-            length++;
-            string? parent;
-            try
-            {
-                parent = store.ReadManifest(backup, evenIfMerging: backup != top).Devices.FirstOrDefault(d => d.Name == device)?.Parent;
-            }
-            catch (DirBackupException)
-            {
-                // A broken link ends the count; the restore's chain checks report it where it matters.
-                break;
-            }
-            current = parent is null ? null : VolumeName.FromDirectory(backup.VmId, parent);
+            chain = ChainBuilder.Build(store, parent, device);
         }
-        return length;
+        catch (DirBackupException e)
+        {
+            return ParentChoice.Full($"the chain below {entry.Backup} cannot carry another backup: {e.Message}");
+        }
+        return chain.Count >= MaxChainLength
+            ? ParentChoice.Full($"{entry.Backup} ends a chain of {chain.Count} backups, and a chain holds at most {MaxChainLength}; this full backup starts a new one")
+            : new ParentChoice(entry.Backup, null);
     }
 }
 

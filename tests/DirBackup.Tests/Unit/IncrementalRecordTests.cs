@@ -29,9 +29,9 @@ public sealed class IncrementalRecordTests : IDisposable
     }
 
     [Fact]
-    public void A_device_whose_backup_exists_with_the_same_size_has_a_parent()
+    public async Task A_device_whose_backup_exists_with_the_same_size_has_a_parent()
     {
-        _storage.AddVm(100, 1700000000);
+        await _storage.AddVmWithImageAsync(100, 1700000000);
         var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
         Assert.Equal("qemu-1700000000", record.Choose(_store, 100, "drive-scsi0", 4L << 30).Parent);
     }
@@ -39,13 +39,13 @@ public sealed class IncrementalRecordTests : IDisposable
     [Theory]
     [InlineData(IncrementalRecord.MaxChainLength - 1, true)]
     [InlineData(IncrementalRecord.MaxChainLength, false)]
-    public void A_device_whose_chain_holds_the_most_backups_gets_a_full_backup_and_one_short_of_it_an_incremental(int length, bool incremental)
+    public async Task A_device_whose_chain_holds_the_most_backups_gets_a_full_backup_and_one_short_of_it_an_incremental(int length, bool incremental)
     {
         string? parent = null;
         long time = 1700000000;
         for (int i = 0; i < length; i++, time += 3600)
         {
-            _storage.AddVm(100, time, parent);
+            await _storage.AddVmWithImageAsync(100, time, parent);
             parent = time.ToString(System.Globalization.CultureInfo.InvariantCulture);
         }
         var record = RecordFor("drive-scsi0", $"qemu-{parent}", 4L << 30);
@@ -53,7 +53,28 @@ public sealed class IncrementalRecordTests : IDisposable
         var choice = record.Choose(_store, 100, "drive-scsi0", 4L << 30);
 
         Assert.Equal(incremental ? $"qemu-{parent}" : null, choice.Parent);
-        Assert.Equal(incremental ? null : $"qemu-{parent} ends a chain of {IncrementalRecord.MaxChainLength} backups, the most one chain holds; this full backup starts a new chain", choice.WhyFull);
+        Assert.Equal(incremental ? null : $"qemu-{parent} ends a chain of {length} backups, and a chain holds at most {IncrementalRecord.MaxChainLength}; this full backup starts a new one", choice.WhyFull);
+    }
+
+    [Fact]
+    public async Task A_device_whose_chain_lost_a_layer_or_holds_a_tampered_header_gets_a_full_backup_that_says_why()
+    {
+        await _storage.AddVmWithImageAsync(100, 1700000000);
+        var middle = await _storage.AddVmWithImageAsync(100, 1700003600, "1700000000");
+        await _storage.AddVmWithImageAsync(100, 1700007200, "1700003600");
+        var record = RecordFor("drive-scsi0", "qemu-1700007200", 4L << 30);
+        string image = Path.Combine(middle.Directory, "drive-scsi0.qcow2");
+
+        File.Move(image, image + ".away");
+        var lost = record.Choose(_store, 100, "drive-scsi0", 4L << 30);
+        File.Move(image + ".away", image);
+        await SourceDisk.Run("qemu-img", "rebase", "-u", "-f", "qcow2", "-F", "qcow2", "-b", "/etc/hostname", image);
+        var tampered = record.Choose(_store, 100, "drive-scsi0", 4L << 30);
+
+        Assert.Null(lost.Parent);
+        Assert.Equal($"the chain below qemu-1700007200 cannot carry another backup: backup/100/qemu-1700003600: image '{image}' is missing", lost.WhyFull);
+        Assert.Null(tampered.Parent);
+        Assert.StartsWith("the chain below qemu-1700007200 cannot carry another backup: backup/100/qemu-1700003600: the header of ", tampered.WhyFull, StringComparison.Ordinal);
     }
 
     [Fact]
@@ -77,9 +98,9 @@ public sealed class IncrementalRecordTests : IDisposable
     }
 
     [Fact]
-    public void Each_reason_for_a_full_backup_is_told()
+    public async Task Each_reason_for_a_full_backup_is_told()
     {
-        _storage.AddVm(100, 1700000000);
+        await _storage.AddVmWithImageAsync(100, 1700000000);
         var record = RecordFor("drive-scsi0", "qemu-1700000000", 4L << 30);
         Assert.Equal(new ParentChoice("qemu-1700000000", null), record.Choose(_store, 100, "drive-scsi0", 4L << 30));
         Assert.Equal("no earlier backup of this disk on this storage", record.Choose(_store, 100, "drive-scsi1", 4L << 30).WhyFull);
