@@ -93,7 +93,7 @@ public static class Qcow2Header
     /// Parses the start of an image: at least its first cluster, or the whole file if shorter. The header, its
     /// extensions and the backing file's name all lie in the first cluster (QEMU refuses them anywhere else).
     /// </summary>
-    public static Qcow2Info Parse(ReadOnlySpan<byte> start, string path)
+    private static Qcow2Info Parse(ReadOnlySpan<byte> start, string path)
     {
         if (start.Length < 4 || BinaryPrimitives.ReadUInt32BigEndian(start) != Magic)
         {
