@@ -1,5 +1,7 @@
+using System.Buffers;
 using System.Globalization;
-using System.Text.Json.Nodes;
+using System.Text;
+using System.Text.Json;
 
 namespace DirBackup.Qemu;
 
@@ -35,16 +37,46 @@ public static class QemuImg
         {
             throw new ArgumentException("a commit needs an image and the image below it", nameof(chainBaseFirst));
         }
-        JsonNode? node = null;
-        foreach (var path in chainBaseFirst)
+        return ChildProcess.RunAsync(Tool, ["commit", "-q", "-d", ChainImage(chainBaseFirst, readOnly: false)], cancellationToken);
+    }
+
+    /// <summary>QEMU's JSON parser refuses deeper nesting; a chain nests one level per layer.</summary>
+    private const int QemuJsonNesting = 1024;
+
+    /// <summary>
+    /// A chain as one image name for qemu-img: a qcow2 node per layer, each naming the node below it as its backing,
+    /// the base none, so QEMU never follows a backing file name from a header. Written level by level, not by a
+    /// serializer: those stop at 64 levels, and a chain of 63 backups is a daily backup's two months.
+    /// </summary>
+    public static string ChainImage(IReadOnlyList<string> filesBaseFirst, bool readOnly)
+    {
+        var output = new ArrayBufferWriter<byte>();
+        using (var json = new Utf8JsonWriter(output, new JsonWriterOptions { MaxDepth = QemuJsonNesting }))
         {
-            node = new JsonObject
+            for (int i = filesBaseFirst.Count - 1; i >= 0; i--)
             {
-                ["driver"] = "qcow2",
-                ["file"] = new JsonObject { ["driver"] = "file", ["filename"] = path },
-                ["backing"] = node,
-            };
+                json.WriteStartObject();
+                json.WriteString("driver", "qcow2");
+                if (readOnly)
+                {
+                    json.WriteBoolean("read-only", true);
+                }
+                json.WriteStartObject("file");
+                json.WriteString("driver", "file");
+                json.WriteString("filename", filesBaseFirst[i]);
+                if (readOnly)
+                {
+                    json.WriteBoolean("read-only", true);
+                }
+                json.WriteEndObject();
+                json.WritePropertyName("backing");
+            }
+            json.WriteNullValue();
+            for (int i = 0; i < filesBaseFirst.Count; i++)
+            {
+                json.WriteEndObject();
+            }
         }
-        return ChildProcess.RunAsync(Tool, ["commit", "-q", "-d", "json:" + node!.ToJsonString()], cancellationToken);
+        return "json:" + Encoding.UTF8.GetString(output.WrittenSpan);
     }
 }

@@ -18,20 +18,7 @@ public sealed partial class ChainMap
             (output, token) => ReadAsync(output, layerFiles.Count, size, token), cancellationToken);
 
     /// <summary>One read-only qcow2 node per layer, each naming its backing node; the base has none.</summary>
-    public static string ImageOptions(IReadOnlyList<string> layerFiles)
-    {
-        Dictionary<string, object?>? node = null;
-        foreach (var file in layerFiles)
-        {
-            node = new Dictionary<string, object?>
-            {
-                ["driver"] = "qcow2", ["read-only"] = true,
-                ["file"] = new Dictionary<string, object?> { ["driver"] = "file", ["filename"] = file, ["read-only"] = true },
-                ["backing"] = node,
-            };
-        }
-        return "json:" + JsonSerializer.Serialize(node);
-    }
+    public static string ImageOptions(IReadOnlyList<string> layerFiles) => QemuImg.ChainImage(layerFiles, readOnly: true);
 
     public static async Task<ChainMap?> ReadAsync(Stream json, int layerCount, long size, CancellationToken cancellationToken)
     {

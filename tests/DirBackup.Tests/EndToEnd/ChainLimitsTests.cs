@@ -8,16 +8,31 @@ using Xunit;
 namespace DirBackup.Tests.EndToEnd;
 
 /// <summary>
-/// A new backup rests on the whole chain below the backup QEMU's bitmap is relative to. When that chain cannot carry
-/// one more layer, the backup is full and its task log says why, instead of failing that night and every night after.
+/// Chains at their limits. The longest chain the daemon builds restores and merges. A new backup rests on the whole
+/// chain below the backup QEMU's bitmap is relative to; when that chain cannot carry one more layer (too long, or
+/// damaged), the backup is full and its task log says why, instead of failing that night and every night after.
 /// </summary>
 [Collection(PathSocketCollection.Name)]
 [Trait("speed", "slow")]
-public sealed class UnusableChainTests(PathSocketDaemon daemon)
+public sealed class ChainLimitsTests(PathSocketDaemon daemon)
 {
     private const string Device = "drive-scsi0";
     private const long Size = 8L << 20;
     private const int Layers = 230;
+
+    /// <summary>A chain of <paramref name="length"/> backups of guest 100, an hour apart, each on the one before; their volume names, oldest first.</summary>
+    private static async Task<List<VolumeName>> ChainAsync(StorageBuilder storage, int length, Func<int, string[]> writes)
+    {
+        var volumes = new List<VolumeName>();
+        string? parent = null;
+        for (long i = 0, time = 1700000000; i < length; i++, time += 3600)
+        {
+            await storage.AddVmWithImageAsync(100, time, parent, Size, [], writes((int)i));
+            parent = time.ToString(CultureInfo.InvariantCulture);
+            volumes.Add(new VolumeName(100, GuestType.Qemu, time));
+        }
+        return volumes;
+    }
 
     /// <summary>
     /// A guest backed up daily under PVE's default retention (keep all) layers every backup on the one before. QEMU opens
@@ -28,13 +43,9 @@ public sealed class UnusableChainTests(PathSocketDaemon daemon)
     public async Task A_backup_on_top_of_a_chain_of_the_most_backups_is_full_starts_a_new_chain_and_equals_the_disk()
     {
         var storage = daemon.NewStorage("longchain");
-        string? parent = null;
-        long time = 1700000000;
-        for (int i = 0; i < Layers; i++, time += 86400)
-        {
-            await storage.AddVmWithImageAsync(100, time, parent, Size, []);
-            parent = time.ToString(CultureInfo.InvariantCulture);
-        }
+        var chain = await ChainAsync(storage, Layers, _ => []);
+        string parent = chain[^1].BackupTime.ToString(CultureInfo.InvariantCulture);
+        long time = chain[^1].BackupTime + 86400;
         var store = new BackupStore(new StorageConfig(storage.StoreId, storage.Root), new StoreSettings());
         var record = new IncrementalRecord();
         record.Devices[Device] = new IncrementalDevice { Backup = $"qemu-{parent}", Size = Size };
@@ -76,5 +87,34 @@ public sealed class UnusableChainTests(PathSocketDaemon daemon)
         var image = Path.Combine(storage.Root, "100", "qemu-1700259200", Device + ".qcow2");
         Assert.Null((await QemuImgInfo.ReadAsync(image)).BackingFile);
         await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "qcow2", "-F", "qcow2", access.FrozenState, image], CancellationToken.None);
+    }
+
+    /// <summary>
+    /// The longest chain the daemon builds restores as qemu-server restores it, and a backup in its middle merges
+    /// away. Both name every layer in one nested JSON image name, one level per layer; .NET's serializer stopped at 64.
+    /// </summary>
+    [Fact]
+    public async Task A_chain_of_the_most_backups_restores_byte_for_byte_and_a_backup_in_its_middle_merges_away()
+    {
+        var storage = daemon.NewStorage("deepchain");
+        // Each layer writes a cluster of its own, the later ones again over what lies below.
+        var volumes = await ChainAsync(storage, IncrementalRecord.MaxChainLength, i => [$"write -P {i % 250 + 1} {i % 100 * 65536} 64k"]);
+        var top = Path.Combine(storage.Root, "100", volumes[^1].BackupDirName, Device + ".qcow2");
+        var expected = Path.Combine(storage.Root + "-vm", "expected.raw");
+        Directory.CreateDirectory(Path.GetDirectoryName(expected)!);
+        await ChildProcess.RunAsync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", top, expected], CancellationToken.None);
+
+        var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, volumes[^1].ToString(), Path.Combine(storage.Root + "-vm", "restore"));
+
+        Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
+        var raw = restore.Output["restored"]![Device]!.GetValue<string>();
+        Assert.Equal(await File.ReadAllBytesAsync(expected), await File.ReadAllBytesAsync(raw));
+
+        var store = new BackupStore(new StorageConfig(storage.StoreId, storage.Root), new StoreSettings());
+        await store.DeleteAsync(volumes[100], CancellationToken.None);
+
+        Assert.Equal(IncrementalRecord.MaxChainLength - 1, store.ListBackups(100).Count);
+        Assert.Equal(IncrementalRecord.MaxChainLength - 1, DirBackup.Restore.ChainBuilder.Build(store, volumes[^1], Device).Count);
+        await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", expected, top], CancellationToken.None);
     }
 }
