@@ -1,6 +1,7 @@
 using System.Globalization;
 using DirBackup.Backup;
 using DirBackup.Qemu;
+using DirBackup.Restore;
 using DirBackup.Store;
 using DirBackup.Tests.Infrastructure;
 using Xunit;
@@ -114,7 +115,7 @@ public sealed class ChainLimitsTests(PathSocketDaemon daemon)
         await store.DeleteAsync(volumes[100], CancellationToken.None);
 
         Assert.Equal(IncrementalRecord.MaxChainLength - 1, store.ListBackups(100).Count);
-        Assert.Equal(IncrementalRecord.MaxChainLength - 1, DirBackup.Restore.ChainBuilder.Build(store, volumes[^1], Device).Count);
+        Assert.Equal(IncrementalRecord.MaxChainLength - 1, ChainBuilder.Build(store, volumes[^1], Device).Count);
         await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", expected, top], CancellationToken.None);
     }
 }
