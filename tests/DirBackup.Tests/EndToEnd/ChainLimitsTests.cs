@@ -91,31 +91,46 @@ public sealed class ChainLimitsTests(PathSocketDaemon daemon)
     }
 
     /// <summary>
-    /// The longest chain the daemon builds restores as qemu-server restores it, and a backup in its middle merges
+    /// The longest chain the daemon builds: its last backup is a real incremental on 127 layers, through a target that
+    /// opens them by their headers' names. It restores as qemu-server restores it, and a backup in its middle merges
     /// away. Both name every layer in one nested JSON image name, one level per layer; .NET's serializer stopped at 64.
     /// </summary>
     [Fact]
-    public async Task A_chain_of_the_most_backups_restores_byte_for_byte_and_a_backup_in_its_middle_merges_away()
+    public async Task The_longest_chain_takes_its_last_incremental_restores_byte_for_byte_and_merges_a_backup_in_its_middle()
     {
         var storage = daemon.NewStorage("deepchain");
         // Each layer writes a cluster of its own, the later ones again over what lies below.
-        var volumes = await ChainAsync(storage, IncrementalRecord.MaxChainLength, i => [$"write -P {i % 250 + 1} {i % 100 * 65536} 64k"]);
-        var top = Path.Combine(storage.Root, "100", volumes[^1].BackupDirName, Device + ".qcow2");
+        var volumes = await ChainAsync(storage, IncrementalRecord.MaxChainLength - 1, i => [$"write -P {i % 250 + 1} {i % 100 * 65536} 64k"]);
+        var store = new BackupStore(new StorageConfig(storage.StoreId, storage.Root), new StoreSettings());
+        var record = new IncrementalRecord();
+        record.Devices[Device] = new IncrementalDevice { Backup = volumes[^1].BackupDirName, Size = Size };
+        record.Write(store, 100);
+        var disk = await SourceDisk.CreateAsync(storage.Root + "-vm", Size, "snapshot-access:deepchain");
+        await disk.WriteAsync("write -P 0xee 6M 128K");
+        var last = new VolumeName(100, GuestType.Qemu, volumes[^1].BackupTime + 3600);
+        await using (var access = await disk.OpenBackupAccessAsync(Device))
+        {
+            var run = await VzdumpVm.RunAsync(daemon.SocketPath, storage, 100, Device, Size, access.SocketPath, disk.Bitmap, last.BackupTime);
+            Assert.True(run.ExitCode == 0, $"{run.Output.ToJsonString()}\n{run.Log}");
+            Assert.Contains($"{Device}: incremental backup of 8.0 MiB on top of {volumes[^1].BackupDirName}", run.Log, StringComparison.Ordinal);
+        }
+        volumes.Add(last);
+        Assert.Equal(IncrementalRecord.MaxChainLength, ChainBuilder.Build(store, last, Device).Count);
+        var top = Path.Combine(storage.Root, "100", last.BackupDirName, Device + ".qcow2");
         var expected = Path.Combine(storage.Root + "-vm", "expected.raw");
-        Directory.CreateDirectory(Path.GetDirectoryName(expected)!);
         await ChildProcess.RunAsync("qemu-img", ["convert", "-f", "qcow2", "-O", "raw", top, expected], CancellationToken.None);
+        Assert.Equal(0xee, (await File.ReadAllBytesAsync(expected))[(6 << 20) + 4096]);
 
-        var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, volumes[^1].ToString(), Path.Combine(storage.Root + "-vm", "restore"));
+        var restore = await VzdumpVm.RestoreAsync(daemon.SocketPath, storage, last.ToString(), Path.Combine(storage.Root + "-vm", "restore"));
 
         Assert.True(restore.ExitCode == 0, restore.Output.ToJsonString() + restore.Log);
         var raw = restore.Output["restored"]![Device]!.GetValue<string>();
         Assert.Equal(await File.ReadAllBytesAsync(expected), await File.ReadAllBytesAsync(raw));
 
-        var store = new BackupStore(new StorageConfig(storage.StoreId, storage.Root), new StoreSettings());
         await store.DeleteAsync(volumes[100], CancellationToken.None);
 
         Assert.Equal(IncrementalRecord.MaxChainLength - 1, store.ListBackups(100).Count);
-        Assert.Equal(IncrementalRecord.MaxChainLength - 1, ChainBuilder.Build(store, volumes[^1], Device).Count);
+        Assert.Equal(IncrementalRecord.MaxChainLength - 1, ChainBuilder.Build(store, last, Device).Count);
         await ChildProcess.RunAsync("qemu-img", ["compare", "-q", "-f", "raw", "-F", "qcow2", expected, top], CancellationToken.None);
     }
 }
