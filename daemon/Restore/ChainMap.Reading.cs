@@ -14,11 +14,8 @@ public sealed partial class ChainMap
     /// cannot be read straight from a file (compressed or encrypted clusters): such a chain needs QEMU to serve it.
     /// </summary>
     public static Task<ChainMap?> BuildAsync(IReadOnlyList<string> layerFiles, long size, CancellationToken cancellationToken) =>
-        ChildProcess.RunAsync(QemuImg.Tool, ["map", "--output=json", ImageOptions(layerFiles)],
+        ChildProcess.RunAsync(QemuImg.Tool, ["map", "--output=json", QemuImg.ChainImage(layerFiles, readOnly: true)],
             (output, token) => ReadAsync(output, layerFiles.Count, size, token), cancellationToken);
-
-    /// <summary>One read-only qcow2 node per layer, each naming its backing node; the base has none.</summary>
-    public static string ImageOptions(IReadOnlyList<string> layerFiles) => QemuImg.ChainImage(layerFiles, readOnly: true);
 
     public static async Task<ChainMap?> ReadAsync(Stream json, int layerCount, long size, CancellationToken cancellationToken)
     {

@@ -1,5 +1,6 @@
 using System.Text;
 using DirBackup.Errors;
+using DirBackup.Qemu;
 using DirBackup.Restore;
 using Xunit;
 
@@ -125,7 +126,7 @@ public class ChainMapTests
     [Fact]
     public void The_chain_is_named_node_by_node_with_no_backing_below_the_base()
     {
-        var options = ChainMap.ImageOptions(["/proc/1/fd/3", "/proc/1/fd/4"]);
+        var options = QemuImg.ChainImage(["/proc/1/fd/3", "/proc/1/fd/4"], readOnly: true);
 
         Assert.Equal(
             """json:{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"/proc/1/fd/4","read-only":true},"backing":{"driver":"qcow2","read-only":true,"file":{"driver":"file","filename":"/proc/1/fd/3","read-only":true},"backing":null}}""",
